@@ -1,0 +1,279 @@
+"""Typed configuration: one dataclass tree, presets that override fields explicitly.
+
+Only the CLI (and the builders in `fcosdet.build`) read a Config; the model, loss,
+post-processor and engine take plain keyword arguments.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import UserError
+
+
+@dataclass
+class ModelConfig:
+    num_classes: int = 80
+    depth: int = 50
+    backbone_norm: str = "frozen_bn"  # frozen_bn | bn | gn
+    frozen_stages: int = 1
+    norm_eval: bool = True
+    backbone_weights: str | None = None  # a torchvision ResNet state_dict on disk
+    fpn_channels: int = 256
+    feat_channels: int = 256
+    stacked_convs: int = 4
+    head_norm: str | None = "gn"
+    conv_bias: bool | None = None  # None: bias only where no norm follows (the reference's 'auto')
+    dcn_on_last_conv: bool = False
+    norm_on_bbox: bool = False
+    centerness_on_reg: bool = False
+    strides: tuple[int, ...] = (8, 16, 32, 64, 128)
+    regress_ranges: tuple[tuple[float, float], ...] = (
+        (-1, 64), (64, 128), (128, 256), (256, 512), (512, 1e8))
+    center_sampling: bool = False
+    center_sample_radius: float = 1.5
+    bbox_loss: str = "iou"  # iou (-log IoU) | giou
+
+
+@dataclass
+class TestConfig:
+    nms_pre: int = 1000
+    score_thr: float = 0.05
+    nms_iou: float = 0.5
+    max_per_img: int = 100
+    sqrt_score: bool = False
+
+
+@dataclass
+class DataConfig:
+    dataset: str = ""  # a dataset YAML or a folder in COCO / VOC / YOLO layout
+    train_split: str = "train"
+    val_split: str = "val"
+    scale: tuple[int, int] = (1333, 800)  # (max long side, short side)
+    multiscale_short: tuple[int, ...] | None = None  # random short side per image in training
+    flip_prob: float = 0.5
+    normalize: str = "caffe"  # caffe (BGR, 0-255, mean only) | pytorch (RGB, /255, mean/std)
+    batch_size: int = 2  # images per worker
+    workers: int = 2
+    skip_invalid: bool = False
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 12
+    lr: float = 0.01  # for `base_batch` images per step; scaled linearly to the real batch
+    base_batch: int = 16
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    bias_lr_mult: float = 2.0
+    bias_decay_mult: float = 0.0  # also applies to norm weights
+    warmup: str = "constant"  # constant | linear | none
+    warmup_iters: int = 500
+    warmup_ratio: float = 1.0 / 3
+    schedule: str = "step"  # step | cosine
+    steps: tuple[int, ...] = (8, 11)  # epochs at which lr drops x0.1
+    grad_clip: float | None = 35.0
+    amp: str = "none"  # none | bf16 | fp16 (CUDA only)
+    eval_interval: int = 1  # epochs
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    sync_bn: bool = False
+    log_interval: int = 20
+    max_iters: int | None = None  # stop early (smoke runs)
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    test: TestConfig = field(default_factory=TestConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _fcos_r50_1x() -> Config:
+    """mmdet fcos_r50_caffe_fpn_gn-head_1x_coco."""
+    return Config()
+
+
+def _fcos_r50_tricks_1x() -> Config:
+    """mmdet fcos_center-normbbox-centeronreg-giou_r50_caffe_fpn_gn-head_1x_coco."""
+    cfg = Config()
+    cfg.model.center_sampling = True
+    cfg.model.norm_on_bbox = True
+    cfg.model.centerness_on_reg = True
+    cfg.model.conv_bias = True
+    cfg.model.bbox_loss = "giou"
+    cfg.test.nms_iou = 0.6
+    cfg.train.grad_clip = None
+    cfg.train.warmup = "linear"
+    return cfg
+
+
+def _cpu(cfg: Config) -> Config:
+    """Small CPU variant: ResNet-18 from scratch (GroupNorm), short side 320-512."""
+    cfg.model.depth = 18
+    cfg.model.backbone_norm = "gn"
+    cfg.model.frozen_stages = -1
+    cfg.model.norm_eval = False
+    cfg.model.fpn_channels = 128
+    cfg.model.feat_channels = 128
+    cfg.data.scale = (512, 384)
+    cfg.data.multiscale_short = (320, 352, 384, 416, 448)
+    cfg.data.normalize = "pytorch"
+    cfg.data.batch_size = 4
+    cfg.train.epochs = 24
+    cfg.train.schedule = "cosine"
+    cfg.train.warmup = "linear"
+    cfg.train.warmup_iters = 100
+    return cfg
+
+
+def _demo() -> Config:
+    """The built-in demo: the synthetic shapes dataset, 256 px images, a few minutes on 2 cores."""
+    cfg = _cpu(_fcos_r50_tricks_1x())
+    cfg.model.num_classes = 5
+    cfg.model.fpn_channels = 64
+    cfg.model.feat_channels = 64
+    cfg.model.stacked_convs = 2
+    cfg.model.head_norm = "gn"
+    cfg.data.scale = (256, 256)
+    cfg.data.multiscale_short = None
+    cfg.data.batch_size = 8
+    cfg.train.epochs = 12
+    cfg.train.lr = 0.01
+    cfg.train.base_batch = 8
+    cfg.train.warmup_iters = 50
+    cfg.train.eval_interval = 4
+    return cfg
+
+
+PRESETS = {
+    "fcos_r50_1x": _fcos_r50_1x,
+    "fcos_r50_tricks_1x": _fcos_r50_tricks_1x,
+    "fcos_r18_cpu": lambda: _cpu(_fcos_r50_1x()),
+    "fcos_r18_tricks_cpu": lambda: _cpu(_fcos_r50_tricks_1x()),
+    "demo": _demo,
+}
+
+
+def preset(name: str) -> Config:
+    if name not in PRESETS:
+        raise UserError(f"unknown preset {name!r}; choose one of {', '.join(sorted(PRESETS))} "
+                        f"or give a YAML config file")
+    return PRESETS[name]()
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Convert a YAML / --set value to the field's declared type, or raise a UserError."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if value is None:
+        if hint is type(None) or type(None) in args:
+            return None
+        raise UserError(f"config key {key} cannot be empty")
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType")):
+        options = [a for a in args if a is not type(None)]
+        errors = []
+        for opt in options:
+            try:
+                return _coerce(value, opt, key)
+            except UserError as exc:
+                errors.append(str(exc))
+        raise UserError(errors[0])
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"config key {key} needs a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], key) for v in value)
+        return tuple(_coerce(v, a, key) for v, a in zip(value, args, strict=True))
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise UserError(f"config key {key} needs true or false, got {value!r}")
+    if hint in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise UserError(f"config key {key} needs a number, got {value!r}")
+        try:
+            number = float(value)
+        except ValueError:
+            raise UserError(f"config key {key} needs a number, got {value!r}") from None
+        if hint is int and not number.is_integer():
+            raise UserError(f"config key {key} needs an integer, got {value!r}")
+        return int(number) if hint is int else number
+    if hint is str:
+        return str(value)
+    raise UserError(f"config key {key} has an unsupported type")
+
+
+def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
+    """Set dotted keys (`train.lr`, `model.depth`) with type checks; unknown keys are errors."""
+    for key, value in overrides.items():
+        parts = key.split(".")
+        target: Any = cfg
+        for part in parts[:-1]:
+            if not dataclasses.is_dataclass(target) or not hasattr(target, part):
+                raise UserError(f"unknown config key {key!r}; see the keys in the run's config.yaml")
+            target = getattr(target, part)
+        hints = typing.get_type_hints(type(target)) if dataclasses.is_dataclass(target) else {}
+        name = parts[-1]
+        if name not in hints or dataclasses.is_dataclass(getattr(target, name)):
+            raise UserError(f"unknown config key {key!r}; see the keys in the run's config.yaml")
+        setattr(target, name, _coerce(value, hints[name], key))
+    return cfg
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def load_config(source: str, sets: list[str] | None = None) -> Config:
+    """A preset name or a YAML file (optionally with `preset: NAME` as its base) plus
+    `key=value` overrides (values parsed as YAML)."""
+    path = Path(source)
+    if path.suffix in (".yaml", ".yml") or path.is_file():
+        if not path.is_file():
+            raise UserError(f"config file {path} does not exist; give a preset name "
+                            f"({', '.join(sorted(PRESETS))}) or a YAML file")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise UserError(f"config file {path} is not valid YAML: {exc}") from None
+        if not isinstance(raw, dict):
+            raise UserError(f"config file {path} must hold a mapping of sections")
+        cfg = preset(raw.pop("preset", "fcos_r50_1x"))
+        apply_overrides(cfg, _flatten(raw))
+    else:
+        cfg = preset(source)
+    overrides = {}
+    for item in sets or []:
+        if "=" not in item:
+            raise UserError(f"--set {item!r} needs the form key=value, e.g. --set train.lr=0.005")
+        key, value = item.split("=", 1)
+        overrides[key.strip()] = yaml.safe_load(value)
+    return apply_overrides(cfg, overrides)
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    def plain(x: Any) -> Any:
+        if isinstance(x, dict):
+            return {k: plain(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [plain(v) for v in x]
+        return x
+    path.write_text(yaml.safe_dump(plain(cfg.to_dict()), sort_keys=False))

@@ -1,0 +1,100 @@
+"""torchvision ResNet as the FCOS backbone: C3, C4, C5 with frozen stages and norm_eval.
+
+Dimensions: B images; C3/C4/C5 have strides 8/16/32.
+norm: "frozen_bn" (the reference's BN with requires_grad=False and norm_eval: use it with
+pretrained weights), "bn" (trainable BatchNorm; `norm_eval` keeps running statistics fixed),
+or "gn" (GroupNorm(32), for training from scratch or tiny batches).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torchvision.models import resnet18, resnet34, resnet50, resnet101
+from torchvision.ops import FrozenBatchNorm2d
+
+from ..errors import UserError
+
+_RESNETS = {18: resnet18, 34: resnet34, 50: resnet50, 101: resnet101}
+_NORMS = {"frozen_bn": FrozenBatchNorm2d, "bn": nn.BatchNorm2d,
+          "gn": lambda c: nn.GroupNorm(32, c)}
+
+
+class ResNetBackbone(nn.Module):
+    def __init__(self, *, depth: int = 50, norm: str = "frozen_bn", frozen_stages: int = 1,
+                 norm_eval: bool = True, weights: str | Path | None = None) -> None:
+        super().__init__()
+        if depth not in _RESNETS:
+            raise UserError(f"backbone depth {depth} is not supported; use one of {sorted(_RESNETS)}")
+        if norm not in _NORMS:
+            raise UserError(f"backbone norm {norm!r} is not supported; use one of {sorted(_NORMS)}")
+        if not -1 <= frozen_stages <= 4:
+            raise UserError(f"frozen_stages must be in [-1, 4], got {frozen_stages}")
+        body = _RESNETS[depth](weights=None, norm_layer=_NORMS[norm])
+        del body.fc, body.avgpool
+        self.body = body
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        last = body.layer4[-1]
+        c5 = (last.conv3 if hasattr(last, "conv3") else last.conv2).out_channels
+        self.out_channels = (c5 // 4, c5 // 2, c5)  # C3, C4, C5
+        if weights is not None:
+            load_torchvision_weights(self.body, weights)
+        self._freeze()
+
+    def _stage(self, i: int) -> list[nn.Module]:
+        b = self.body
+        return [b.conv1, b.bn1] if i == 0 else [getattr(b, f"layer{i}")]
+
+    def _freeze(self) -> None:
+        """frozen_stages = k freezes the stem (k >= 0) and layer1..layerk, as the reference."""
+        for i in range(self.frozen_stages + 1):
+            for module in self._stage(i):
+                module.eval()
+                for p in module.parameters():
+                    p.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "ResNetBackbone":
+        super().train(mode)
+        self._freeze()
+        if mode and self.norm_eval:
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        b = self.body
+        x = b.maxpool(b.relu(b.bn1(b.conv1(x))))  # (B, 64, H/4, W/4)
+        c2 = b.layer1(x)
+        c3 = b.layer2(c2)  # (B, C3, H/8, W/8)
+        c4 = b.layer3(c3)  # (B, C4, H/16, W/16)
+        c5 = b.layer4(c4)  # (B, C5, H/32, W/32)
+        return [c3, c4, c5]
+
+
+def load_torchvision_weights(body: nn.Module, path: str | Path) -> None:
+    """Load a torchvision-format ResNet state_dict (`conv1.weight`, `layer1.0...`; `fc.*` ignored)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"backbone weights {path} do not exist; give the path of a torchvision "
+                        f"ResNet state_dict (.pth) or leave model.backbone_weights empty")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
+        raise UserError(f"cannot read backbone weights {path}: {exc}; save them with "
+                        f"torch.save(model.state_dict(), path)") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    state = {k.removeprefix("module."): v for k, v in state.items() if not k.startswith("fc.")}
+    own = body.state_dict()
+    missing = sorted(k for k in own if k not in state and not k.endswith("num_batches_tracked"))
+    unexpected = sorted(k for k in state if k not in own and not k.endswith("num_batches_tracked"))
+    wrong = sorted(k for k in own if k in state and state[k].shape != own[k].shape)
+    if missing or unexpected or wrong:
+        raise UserError(
+            f"backbone weights {path} do not fit this ResNet (missing {missing[:3]}, unexpected "
+            f"{unexpected[:3]}, wrong shape {wrong[:3]}); check model.depth and model.backbone_norm "
+            f"(BatchNorm weights need 'frozen_bn' or 'bn')")
+    body.load_state_dict(state, strict=False)

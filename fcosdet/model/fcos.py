@@ -1,0 +1,27 @@
+"""FCOS = backbone + FPN + head. Returns raw per-level outputs; no loss, no decoding.
+
+Dimensions: B images, C classes, L = 5 levels (strides 8..128).
+"""
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from .backbone import ResNetBackbone
+from .fpn import FCOSFPN
+from .head import FCOSHead
+
+
+class FCOS(nn.Module):
+    def __init__(self, *, backbone: ResNetBackbone, fpn: FCOSFPN, head: FCOSHead) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.fpn = fpn
+        self.head = head
+
+    @property
+    def strides(self) -> tuple[int, ...]:
+        return self.head.strides
+
+    def forward(self, images: Tensor) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        """images (B, 3, H, W) -> per level: cls (B, C, h, w), bbox (B, 4, h, w), ctr (B, 1, h, w)."""
+        return self.head(self.fpn(self.backbone(images)))
