@@ -232,11 +232,11 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
     return cfg
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten_dict(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
         if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
+            out.update(flatten_dict(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out
@@ -257,7 +257,7 @@ def load_config(source: str, sets: list[str] | None = None) -> Config:
         if not isinstance(raw, dict):
             raise UserError(f"config file {path} must hold a mapping of sections")
         cfg = preset(raw.pop("preset", "fcos_r50_1x"))
-        apply_overrides(cfg, _flatten(raw))
+        apply_overrides(cfg, flatten_dict(raw))
     else:
         cfg = preset(source)
     overrides = {}

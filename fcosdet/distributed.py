@@ -29,3 +29,42 @@ def reduce_mean(value: Tensor) -> Tensor:
     value = value.clone()
     dist.all_reduce(value.div_(dist.get_world_size()), op=dist.ReduceOp.SUM)
     return value
+
+
+def init_from_env(device: str = "auto", *, timeout_s: float = 600.0) -> torch.device:
+    """Join the process group when launched by torchrun (WORLD_SIZE, LOCAL_RANK, ...), and
+    pick this worker's device: NCCL with cuda:LOCAL_RANK on GPUs, gloo on the CPU.
+
+    A worker that dies makes torchrun stop the others; a collective that waits longer than
+    `timeout_s` raises instead of hanging.
+    """
+    import datetime
+    import os
+
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    use_cuda = torch.cuda.is_available() and device != "cpu"
+    if device not in ("auto", "cpu") and not device.startswith("cuda"):
+        from .errors import UserError
+        raise UserError(f"train.device {device!r} is not one of auto, cpu, cuda, cuda:N")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        from .errors import UserError
+        raise UserError(f"train.device is {device!r} but no CUDA GPU is visible; use train.device=cpu")
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not is_distributed():
+        os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
+        dist.init_process_group("nccl" if use_cuda else "gloo",
+                                timeout=datetime.timedelta(seconds=timeout_s))
+    if not use_cuda:
+        return torch.device("cpu")
+    index = local_rank if is_distributed() else (torch.device(device).index or 0 if device != "auto" else 0)
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def cleanup() -> None:
+    if is_distributed():
+        dist.destroy_process_group()

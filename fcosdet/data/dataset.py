@@ -1,0 +1,176 @@
+"""Torch Dataset over a DatasetSplit, the padding collate and the DataLoader builder.
+
+Dimensions: B images per batch, G boxes in one image, H x W one resized image, Hp x Wp the
+padded batch (multiples of `size_divisor`).
+Conventions: boxes (x1, y1, x2, y2) float pixels of the resized image, labels in [0, C)
+(background = C is never stored); crowd boxes are removed from training targets (the evaluator
+reads them from the records instead).
+"""
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
+
+from fcosdet.data.records import DatasetSplit
+from fcosdet.data.transforms import load_image
+from fcosdet.errors import UserError
+
+Transform = Callable[[Any, dict[str, Any]], tuple[torch.Tensor, dict[str, Any]]]
+
+
+class DetectionDataset(Dataset):
+    """Item i: (image (3, H, W) float32, target) where target holds boxes (G, 4) float32,
+    labels (G,) int64, image_id int, orig_size (H0, W0), img_size (H, W) and path str."""
+
+    def __init__(self, split: DatasetSplit, *, transforms: Transform) -> None:
+        self.split = split
+        self.records = split.records
+        self.transforms = transforms
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.split.class_names
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.split.class_names)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        record = self.records[index]
+        image = load_image(record.path)  # UserError naming the file if it does not decode
+        if image.size != (record.width, record.height):
+            raise UserError(f"Image file {record.path} decodes to {image.size[0]}x{image.size[1]} but the "
+                            f"dataset says {record.width}x{record.height}; fix the annotation or re-save "
+                            "the image without an EXIF rotation.")
+        keep = ~np.asarray(record.iscrowd, bool)  # (G,)
+        target = {
+            "boxes": np.asarray(record.boxes, np.float32).reshape(-1, 4)[keep],  # (G, 4)
+            "labels": np.asarray(record.labels, np.int64).reshape(-1)[keep],  # (G,)
+            "image_id": int(record.image_id),
+            "path": record.path,
+        }
+        return self.transforms(image, target)
+
+
+def _move(value: Any, device: torch.device | str, non_blocking: bool) -> Any:
+    return value.to(device, non_blocking=non_blocking) if isinstance(value, torch.Tensor) else value
+
+
+@dataclass
+class Batch:
+    images: torch.Tensor  # (B, 3, Hp, Wp) float32, zero-padded at the bottom / right
+    targets: list[dict[str, Any]]  # per image: boxes (G, 4), labels (G,), image_id, sizes, path
+
+    def to(self, device: torch.device | str, *, non_blocking: bool = False) -> Batch:
+        """The batch with images and every tensor in the targets on `device`."""
+        return Batch(images=self.images.to(device, non_blocking=non_blocking),
+                     targets=[{k: _move(v, device, non_blocking) for k, v in t.items()} for t in self.targets])
+
+    def pin_memory(self) -> Batch:
+        """Called by DataLoader(pin_memory=True) for custom batch types."""
+        return Batch(images=self.images.pin_memory(),
+                     targets=[{k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in t.items()}
+                              for t in self.targets])
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+
+def _zeros_for_batch(like: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """Zeros of `shape`; inside a DataLoader worker they live in shared memory from the start,
+    which spares the copy torch makes to send the batch to the main process."""
+    if get_worker_info() is not None and like.device.type == "cpu":
+        try:
+            storage = like._typed_storage()._new_shared(math.prod(shape), device=like.device)
+            return like.new(storage).resize_(shape).zero_()
+        except (AttributeError, RuntimeError):  # private torch API: fall back to a plain tensor
+            pass
+    return like.new_zeros(shape)
+
+
+def pad_images(images: Sequence[torch.Tensor], *, size_divisor: int = 32) -> torch.Tensor:
+    """Stack images (3, H_i, W_i) into (B, 3, Hp, Wp), zero-padded at the bottom / right so that
+    Hp, Wp are the largest H_i, W_i rounded up to a multiple of `size_divisor`."""
+    height = max(int(img.shape[-2]) for img in images)
+    width = max(int(img.shape[-1]) for img in images)
+    if size_divisor > 1:
+        height = -(-height // size_divisor) * size_divisor
+        width = -(-width // size_divisor) * size_divisor
+    batch = _zeros_for_batch(images[0], (len(images), int(images[0].shape[0]), height, width))  # (B, 3, Hp, Wp)
+    for index, img in enumerate(images):
+        batch[index, :, : img.shape[-2], : img.shape[-1]].copy_(img)
+    return batch
+
+
+def collate(batch: Sequence[tuple[torch.Tensor, dict[str, Any]]], *, size_divisor: int = 32) -> Batch:
+    """(image, target) pairs -> Batch; padding comes after normalisation, so pads are 0."""
+    images = [image for image, _ in batch]
+    return Batch(images=pad_images(images, size_divisor=size_divisor), targets=[t for _, t in batch])
+
+
+def _seed_worker(worker_id: int) -> None:
+    """Python's and numpy's RNGs follow the worker's torch seed (base seed + worker id)."""
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+class _Loader(DataLoader):
+    """A DataLoader whose worker-side UserError reaches the caller as its one-sentence message
+    (torch re-raises it with the worker's traceback pasted into the message)."""
+
+    def __iter__(self) -> Iterator[Any]:
+        iterator = super().__iter__()
+        while True:
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return
+            except UserError as exc:
+                self._stop_workers(iterator)
+                text, marker = str(exc), "UserError: "
+                if "Original Traceback" in text and marker in text:
+                    raise UserError(text.rsplit(marker, 1)[1].strip()) from None
+                raise
+            yield batch
+
+    def _stop_workers(self, iterator: Any) -> None:
+        """Stop the workers now: left to garbage collection they can stall exit for seconds."""
+        shutdown = getattr(iterator, "_shutdown_workers", None)
+        if callable(shutdown):
+            shutdown()
+        if getattr(self, "_iterator", None) is iterator:
+            self._iterator = None  # persistent workers: the next epoch starts fresh ones
+
+
+def build_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, num_workers: int,
+                 sampler: Sampler | None = None, drop_last: bool = False, seed: int = 0,
+                 size_divisor: int = 32) -> DataLoader:
+    """DataLoader yielding `Batch`es; reproducible for a given `seed` (shuffle order and the
+    per-worker RNGs of random augmentations). With a `sampler`, `shuffle` is ignored."""
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return _Loader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle if sampler is None else False,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=partial(collate, size_divisor=size_divisor),
+        pin_memory=torch.cuda.is_available(),
+        drop_last=drop_last,
+        persistent_workers=num_workers > 0,
+        worker_init_fn=_seed_worker if num_workers > 0 else None,
+        generator=generator,
+    )

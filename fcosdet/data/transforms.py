@@ -1,0 +1,184 @@
+"""Image loading and the train / eval transforms (torchvision.transforms.v2 + tv_tensors).
+
+Dimensions: G boxes, H0 x W0 the displayed (EXIF-rotated) image, H x W after resize.
+Conventions: boxes (x1, y1, x2, y2) float pixels; they are wrapped as tv_tensors.BoundingBoxes
+(XYXY) so resize and flip move them exactly with the pixels. Every transform's randomness comes
+from torch's global RNG, which the DataLoader seeds per worker.
+
+Output of a transform: image (3, H, W) float32 normalised, and the target with boxes / labels
+(and `iscrowd` when given) resized, degenerate boxes dropped, plus `orig_size` (H0, W0) and
+`img_size` (H, W): boxes map back to the original image by (W0 / W, H0 / H). Padding to a
+multiple of 32 happens later, in `collate`, at the bottom / right, so it never moves boxes.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torchvision import tv_tensors
+from torchvision.transforms.v2 import functional as TF
+
+from fcosdet.errors import UserError
+
+CAFFE_MEAN_BGR = (102.9801, 115.9465, 122.7717)  # per BGR channel, pixel range 0..255, std 1
+IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)  # pixel range 0..1
+IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
+NORMALIZE_MODES = ("caffe", "pytorch")
+MIN_BOX_SIZE = 1e-3  # boxes thinner than this (pixels, after transforms) are dropped
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+
+
+def to_rgb8(image: Image.Image) -> Image.Image:
+    """Any PIL mode as 8-bit RGB.
+
+    16-bit ('I;16*') and 32-bit integer ('I') images are taken as 16-bit data and scaled by
+    255/65535; images with alpha (RGBA, LA, palette with transparency) are composited on black;
+    grayscale, palette, CMYK, ... go through PIL's own conversion.
+    """
+    if image.mode == "RGB":
+        return image
+    if image.mode in _SIXTEEN_BIT_MODES:
+        values = np.asarray(image).astype(np.float32)  # (H, W)
+        scaled = np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8)  # (H, W)
+        return Image.fromarray(scaled).convert("RGB")
+    if image.mode in _ALPHA_MODES or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(black, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Fully decode an image, apply its EXIF orientation and convert it to 8-bit RGB.
+
+    Any failure (missing, corrupt, truncated) raises UserError naming the file.
+    """
+    try:
+        with Image.open(path) as image:
+            image.load()
+            oriented = ImageOps.exif_transpose(image)
+        return to_rgb8(oriented)
+    except FileNotFoundError:
+        raise UserError(f"Image file {path} does not exist; restore it or remove it from the "
+                        "dataset.") from None
+    except Exception as exc:  # every decoder error means the same to the user
+        raise UserError(f"Image file {path} cannot be decoded ({type(exc).__name__}: {exc}); "
+                        "replace the file or remove it from the dataset.") from None
+
+
+def keep_ratio_size(height: int, width: int, *, short: int, max_long: int) -> tuple[int, int]:
+    """(new_h, new_w): short side to `short` unless the long side would exceed `max_long`."""
+    factor = min(short / min(height, width), max_long / max(height, width))
+    return max(1, int(height * factor + 0.5)), max(1, int(width * factor + 0.5))
+
+
+def normalize_image(pixels: torch.Tensor, mode: str) -> torch.Tensor:
+    """uint8 RGB (3, H, W) -> float32 (3, H, W): 'caffe' BGR minus mean (0..255, std 1) or
+    'pytorch' RGB / 255 with ImageNet mean / std. One output allocation, the rest in place."""
+    out = torch.empty(pixels.shape, dtype=torch.float32)  # (3, H, W)
+    if mode == "caffe":
+        for channel in range(3):  # RGB -> BGR while converting to float
+            out[channel].copy_(pixels[2 - channel]).sub_(CAFFE_MEAN_BGR[channel])
+        return out
+    out.copy_(pixels).div_(255.0)
+    for channel in range(3):
+        out[channel].sub_(IMAGENET_MEAN_RGB[channel]).div_(IMAGENET_STD_RGB[channel])
+    return out
+
+
+def denormalize_image(image: torch.Tensor, mode: str) -> torch.Tensor:
+    """Inverse of `normalize_image`: float (3, H, W) -> uint8 RGB (3, H, W), e.g. for drawing."""
+    if mode == "caffe":
+        mean = torch.tensor(CAFFE_MEAN_BGR, dtype=image.dtype, device=image.device).view(3, 1, 1)
+        rgb = (image + mean).flip(0)  # (3, H, W) 0..255
+    else:
+        mean = torch.tensor(IMAGENET_MEAN_RGB, dtype=image.dtype, device=image.device).view(3, 1, 1)
+        std = torch.tensor(IMAGENET_STD_RGB, dtype=image.dtype, device=image.device).view(3, 1, 1)
+        rgb = (image * std + mean) * 255.0  # (3, H, W) 0..255
+    return rgb.round().clamp(0, 255).to(torch.uint8)
+
+
+class DetectionTransform:
+    """Keep-ratio resize (optionally multi-scale), horizontal flip, normalisation.
+
+    Called as transform(image PIL RGB, target) -> (image (3, H, W) float32, target); target
+    holds boxes (G, 4) x1y1x2y2 and labels (G,) (tensors or arrays), optionally iscrowd (G,);
+    other keys pass through unchanged.
+    """
+
+    def __init__(self, *, train: bool, scale: Sequence[int] = (1333, 800),
+                 multiscale_short: Sequence[int] | None = None, flip_prob: float = 0.5,
+                 normalize: str = "caffe") -> None:
+        if normalize not in NORMALIZE_MODES:
+            raise UserError(f"Unknown normalisation {normalize!r}; use one of {NORMALIZE_MODES}.")
+        if len(scale) != 2 or min(scale) <= 0:
+            raise UserError(f"Image scale {tuple(scale)} must be two positive sizes like (1333, 800).")
+        if multiscale_short is not None and (len(multiscale_short) == 0 or min(multiscale_short) <= 0):
+            raise UserError(f"Multi-scale short sides {multiscale_short!r} must be positive sizes.")
+        self.train = train
+        self.max_long = int(max(scale))
+        self.short = int(min(scale))
+        use_multiscale = train and multiscale_short is not None
+        self.short_choices = [int(s) for s in multiscale_short] if use_multiscale else [self.short]
+        self.flip_prob = float(flip_prob) if train else 0.0
+        self.normalize = normalize
+
+    def __repr__(self) -> str:
+        return (f"DetectionTransform(train={self.train}, max_long={self.max_long}, "
+                f"short_choices={self.short_choices}, flip_prob={self.flip_prob}, "
+                f"normalize={self.normalize!r})")
+
+    def _pick_short(self) -> int:
+        if len(self.short_choices) == 1:
+            return self.short_choices[0]
+        return self.short_choices[int(torch.randint(len(self.short_choices), ()).item())]
+
+    def __call__(self, image: Image.Image, target: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+        pixels = tv_tensors.Image(TF.pil_to_tensor(image))  # (3, H0, W0) uint8
+        height0, width0 = pixels.shape[-2:]
+        boxes = tv_tensors.BoundingBoxes(
+            torch.as_tensor(np.asarray(target["boxes"]), dtype=torch.float32).reshape(-1, 4),  # (G, 4)
+            format=tv_tensors.BoundingBoxFormat.XYXY, canvas_size=(height0, width0))
+        height, width = keep_ratio_size(height0, width0, short=self._pick_short(), max_long=self.max_long)
+        if (height, width) != (height0, width0):
+            pixels = TF.resize(pixels, [height, width], antialias=True)  # (3, H, W)
+            boxes = TF.resize(boxes, [height, width])  # (G, 4) scaled by (W / W0, H / H0)
+        if self.flip_prob > 0 and torch.rand(()).item() < self.flip_prob:
+            pixels = TF.horizontal_flip(pixels)
+            boxes = TF.horizontal_flip(boxes)  # x1' = W - x2, x2' = W - x1
+        return normalize_image(pixels.as_subclass(torch.Tensor), self.normalize), self._finish_target(
+            target, boxes.as_subclass(torch.Tensor), orig_size=(height0, width0), img_size=(height, width))
+
+    @staticmethod
+    def _finish_target(target: dict[str, Any], boxes: torch.Tensor, *, orig_size: tuple[int, int],
+                       img_size: tuple[int, int]) -> dict[str, Any]:
+        """Drop degenerate boxes with their labels / iscrowd, record the sizes."""
+        keep = ((boxes[:, 2] - boxes[:, 0]) > MIN_BOX_SIZE) & ((boxes[:, 3] - boxes[:, 1]) > MIN_BOX_SIZE)  # (G,)
+        out = dict(target)
+        out["boxes"] = boxes[keep].reshape(-1, 4)  # (G, 4)
+        out["labels"] = torch.as_tensor(np.asarray(target["labels"]), dtype=torch.int64).reshape(-1)[keep]  # (G,)
+        if "iscrowd" in target:
+            out["iscrowd"] = torch.as_tensor(np.asarray(target["iscrowd"]), dtype=torch.bool).reshape(-1)[keep]
+        out["orig_size"] = (int(orig_size[0]), int(orig_size[1]))
+        out["img_size"] = (int(img_size[0]), int(img_size[1]))
+        return out
+
+
+def build_transforms(*, train: bool, scale: Sequence[int] = (1333, 800),
+                     multiscale_short: Sequence[int] | None = None, flip_prob: float = 0.5,
+                     normalize: str = "caffe") -> DetectionTransform:
+    """The transform for training (`train=True`: random short side from `multiscale_short`,
+    flip with `flip_prob`) or evaluation (fixed `scale`, no flip).
+
+    `scale` (long, short) follows mmdet: the short side goes to min(scale) unless the long side
+    would exceed max(scale). `multiscale_short` is a list of short sides to choose from; pass
+    e.g. `range(640, 801, 32)` for a range. `normalize`: 'caffe' (BGR, 0..255 minus the Caffe
+    mean, for Caffe-style backbones) or 'pytorch' (RGB, /255, ImageNet mean/std).
+    """
+    return DetectionTransform(train=train, scale=scale, multiscale_short=multiscale_short,
+                              flip_prob=flip_prob, normalize=normalize)

@@ -1,0 +1,182 @@
+"""The training loop (one screen), evaluation, and the epoch driver around them.
+
+Dimensions: B images per worker and step. Everything here takes built objects; the CLI turns
+the config into them.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from ..distributed import is_main_process, world_size
+from ..errors import UserError
+from .checkpoint import rng_state, save_atomic
+from .logging import RunLogger
+
+
+class NonFiniteLossError(UserError):
+    """A loss became NaN or infinite; the message names the iteration and the batch's images."""
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  # epochs completed
+    iteration: int = 0  # optimizer steps taken
+    best_ap: float = -1.0
+    history: list[dict[str, Any]] = field(default_factory=list)  # evaluation results per epoch
+
+
+@dataclass(kw_only=True)
+class StepContext:
+    """What one training step needs besides the batch."""
+    model: nn.Module
+    criterion: Callable[..., dict[str, torch.Tensor]]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler | None
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    grad_clip: float | None
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def train_step(ctx: StepContext, batch: Any, iteration: int) -> dict[str, float]:
+    batch = batch.to(ctx.device, non_blocking=True)
+    with autocast(ctx.device, ctx.amp_dtype):
+        outputs = ctx.model(batch.images)
+    losses = ctx.criterion(outputs, batch.targets)  # float32: the criterion casts
+    loss = sum(losses.values())
+    if not torch.isfinite(loss):
+        names = ", ".join(Path(t["path"]).name for t in batch.targets)
+        terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+        raise NonFiniteLossError(
+            f"non-finite loss at iteration {iteration + 1} ({terms}) on images {names}; the last "
+            f"checkpoint is intact. Lower train.lr, keep train.grad_clip, check these images' boxes, "
+            f"or use train.amp=bf16 instead of fp16")
+    ctx.optimizer.zero_grad(set_to_none=True)
+    if ctx.scaler is not None:
+        ctx.scaler.scale(loss).backward()
+        ctx.scaler.unscale_(ctx.optimizer)
+    else:
+        loss.backward()
+    if ctx.grad_clip:
+        torch.nn.utils.clip_grad_norm_(ctx.model.parameters(), ctx.grad_clip)
+    if ctx.scaler is not None:
+        ctx.scaler.step(ctx.optimizer)
+        ctx.scaler.update()
+    else:
+        ctx.optimizer.step()
+    ctx.scheduler.step()
+    return {k: v.item() for k, v in losses.items()}
+
+
+def train_one_epoch(ctx: StepContext, loader: Any, state: TrainState, *, logger: RunLogger,
+                    log_interval: int = 20, max_iters: int | None = None) -> None:
+    ctx.model.train()
+    bar = tqdm(loader, desc=f"epoch {state.epoch + 1}", disable=not is_main_process(),
+               dynamic_ncols=True, leave=False, mininterval=1 if sys.stderr.isatty() else 30)
+    seen, start = 0, time.perf_counter()
+    for batch in bar:
+        if max_iters is not None and state.iteration >= max_iters:
+            break
+        terms = train_step(ctx, batch, state.iteration)
+        state.iteration += 1
+        seen += len(batch.targets) * world_size()
+        ips = seen / (time.perf_counter() - start)
+        lr = ctx.optimizer.param_groups[0]["lr"]
+        bar.set_postfix({**{k.removeprefix("loss_"): f"{v:.3f}" for k, v in terms.items()},
+                         "lr": f"{lr:.2e}", "img/s": f"{ips:.1f}"})
+        if state.iteration % log_interval == 0 or state.iteration == 1:
+            logger.log({"epoch": state.epoch + 1, "loss": sum(terms.values()), **terms, "lr": lr,
+                        "images_per_s": ips}, step=state.iteration)
+    bar.close()
+
+
+@torch.no_grad()
+def evaluate(*, model: nn.Module, postprocessor: Callable, loader: Any, evaluator: Any,
+             device: torch.device, amp_dtype: torch.dtype | None = None) -> dict[str, Any]:
+    """Detections of every image in `loader` (this worker's shard) -> evaluator metrics."""
+    model.eval()
+    evaluator.reset()
+    for batch in tqdm(loader, desc="eval", disable=not is_main_process() or not sys.stderr.isatty(),
+                      leave=False, dynamic_ncols=True):
+        images = batch.images.to(device, non_blocking=True)
+        with autocast(device, amp_dtype):
+            outputs = model(images)
+        dets = postprocessor(outputs, [t["img_size"] for t in batch.targets],
+                             [t["orig_size"] for t in batch.targets])
+        evaluator.process([{"image_id": t["image_id"], **{k: v.cpu() for k, v in d.items()}}
+                           for t, d in zip(batch.targets, dets)])
+    return evaluator.evaluate()
+
+
+def checkpoint_state(*, model: nn.Module, ctx: StepContext, state: TrainState,
+                     config: dict[str, Any], class_names: list[str]) -> dict[str, Any]:
+    bare = model.module if hasattr(model, "module") else model
+    return {"model": bare.state_dict(), "optimizer": ctx.optimizer.state_dict(),
+            "scheduler": ctx.scheduler.state_dict(),
+            "scaler": ctx.scaler.state_dict() if ctx.scaler is not None else None,
+            "epoch": state.epoch, "iteration": state.iteration, "best_ap": state.best_ap,
+            "history": state.history, "rng": rng_state(), "config": config,
+            "class_names": class_names}
+
+
+def is_better(metrics: dict[str, Any], state: TrainState) -> bool:
+    ap = metrics.get("AP")
+    return ap is not None and not math.isnan(ap) and ap > state.best_ap
+
+
+def save_checkpoints(run_dir: Path, ckpt: dict[str, Any], *, best: bool) -> None:
+    if not is_main_process():
+        return
+    save_atomic(ckpt, run_dir / "last.pt")
+    if best:
+        save_atomic(ckpt, run_dir / "best.pt")
+
+
+def fit(ctx: StepContext, state: TrainState, *, train_loader: Any, val_loader: Any | None,
+        postprocessor: Callable, evaluator: Any | None, epochs: int, eval_interval: int,
+        run_dir: Path, logger: RunLogger, config: dict[str, Any], class_names: list[str],
+        log_interval: int = 20, max_iters: int | None = None,
+        on_eval: Callable[[dict[str, Any]], None] | None = None) -> TrainState:
+    """Epochs from state.epoch to `epochs`: train, evaluate every `eval_interval` epochs and at
+    the end, then write last.pt (and best.pt when AP improved) atomically."""
+    for epoch in range(state.epoch, epochs):
+        sampler = getattr(train_loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)  # DistributedSampler: a new shuffle every epoch
+        train_one_epoch(ctx, train_loader, state, logger=logger, log_interval=log_interval,
+                        max_iters=max_iters)
+        state.epoch = epoch + 1
+        done = state.epoch == epochs or (max_iters is not None and state.iteration >= max_iters)
+        best = False
+        if val_loader is not None and (state.epoch % eval_interval == 0 or done):
+            metrics = evaluate(model=ctx.model, postprocessor=postprocessor, loader=val_loader,
+                               evaluator=evaluator, device=ctx.device, amp_dtype=ctx.amp_dtype)
+            summary = {k: v for k, v in metrics.items() if isinstance(v, float)}
+            state.history.append({"epoch": state.epoch, **summary})
+            logger.log({"epoch": state.epoch, **summary}, step=state.iteration, prefix="val")
+            best = is_better(metrics, state)
+            if best:
+                state.best_ap = metrics["AP"]
+            if on_eval is not None:
+                on_eval(metrics)
+        save_checkpoints(run_dir, checkpoint_state(model=ctx.model, ctx=ctx, state=state,
+                                                   config=config, class_names=class_names), best=best)
+        if done:
+            break
+    return state

@@ -1,0 +1,143 @@
+"""Drawing detections on images and plotting training curves.
+
+Dimensions: N detections. Boxes are (x1, y1, x2, y2) pixels of the image being drawn on;
+labels are in [0, C) and index `class_names`.
+"""
+from __future__ import annotations
+
+import colorsys
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from fcosdet.errors import UserError
+
+
+def class_colour(label: int) -> tuple[int, int, int]:
+    """A bright RGB colour per class; golden-ratio hue steps keep neighbours distinct."""
+    hue = (label * 0.618033988749895 + 0.05) % 1.0
+    r, g, b = colorsys.hsv_to_rgb(hue, 0.85, 1.0)
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
+def _as_numpy(value: Any, dtype: type) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    return np.asarray(value, dtype=dtype)
+
+
+def _text_colour(fill: tuple[int, int, int]) -> tuple[int, int, int]:
+    luma = 0.299 * fill[0] + 0.587 * fill[1] + 0.114 * fill[2]
+    return (0, 0, 0) if luma > 140 else (255, 255, 255)
+
+
+def draw_detections(image: Image.Image, *, boxes: Any, labels: Any, scores: Any | None,
+                    class_names: list[str], score_thr: float = 0.3) -> Image.Image:
+    """A copy of `image` (RGB) with each detection scoring >= score_thr drawn as a box in its
+    class colour and a "name 0.87" tag on a filled background above it (inside the box when
+    there is no room above). Pass scores=None to draw ground truth (tags show the name only).
+    """
+    out = image.convert("RGB")  # always a copy, even for RGB input
+    boxes = _as_numpy(boxes, np.float64).reshape(-1, 4)  # (N, 4)
+    labels = _as_numpy(labels, np.int64).reshape(-1)  # (N,)
+    scores_np = None if scores is None else _as_numpy(scores, np.float64).reshape(-1)  # (N,)
+    draw = ImageDraw.Draw(out)
+    font = ImageFont.load_default()
+    width = max(1, round(min(out.size) / 250))
+    order = range(len(boxes)) if scores_np is None else np.argsort(scores_np, kind="stable")
+    for i in order:  # lowest score first, so the most confident tag ends on top
+        if scores_np is not None and scores_np[i] < score_thr:
+            continue
+        label = int(labels[i])
+        name = class_names[label] if 0 <= label < len(class_names) else str(label)
+        text = name if scores_np is None else f"{name} {scores_np[i]:.2f}"
+        colour = class_colour(label)
+        x1, y1, x2, y2 = boxes[i].tolist()
+        draw.rectangle([x1, y1, x2, y2], outline=colour, width=width)
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        tw, th = right - left + 4, bottom - top + 4
+        ty = y1 - th if y1 - th >= 0 else y1
+        draw.rectangle([x1, ty, x1 + tw, ty + th], fill=colour)
+        draw.text((x1 + 2 - left, ty + 2 - top), text, fill=_text_colour(colour), font=font)
+    return out
+
+
+# ---------------------------------------------------------------------- training curves
+
+def _read_log(log_jsonl: Path) -> list[dict]:
+    try:
+        lines = Path(log_jsonl).read_text().splitlines()
+    except OSError as exc:
+        raise UserError(f"Cannot read the training log {log_jsonl} ({exc.strerror}); "
+                        f"pass the metrics .jsonl file written by training.") from exc
+    rows = []
+    for line in lines:
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by an interrupted run
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def plot_curves(log_jsonl: str | Path, out_png: str | Path) -> Path:
+    """Plots every "loss*" key against "iter" and, when evaluation rows (with "AP") exist,
+    AP / AP50 against "epoch" (or "iter") in a second panel. Writes a PNG (Agg backend)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = _read_log(Path(log_jsonl))
+    train_rows = [r for r in rows if _is_number(r.get("iter")) and "AP" not in r]
+    eval_rows = [r for r in rows if _is_number(r.get("AP"))]
+    loss_keys = sorted({k for r in train_rows for k, v in r.items()
+                        if k.startswith("loss") and _is_number(v)})
+    panels = 2 if eval_rows else 1
+    fig = Figure(figsize=(6.5 * panels, 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, panels, 1)
+    for key in loss_keys:
+        points = [(r["iter"], r[key]) for r in train_rows if _is_number(r.get(key))]
+        xs, ys = zip(*points)
+        ax.plot(xs, ys, label=key, linewidth=1.2 if key == "loss" else 0.9)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss")
+    ax.set_title("training losses" if loss_keys else "training losses (none logged)")
+    ax.grid(alpha=0.3)
+    if loss_keys:
+        ax.legend(fontsize=8)
+    if eval_rows:
+        _plot_eval(fig.add_subplot(1, 2, 2), eval_rows)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=100)
+    return out_png
+
+
+def _plot_eval(ax, eval_rows: list[dict]) -> None:
+    x_key = "epoch" if all(_is_number(r.get("epoch")) for r in eval_rows) else "iter"
+    for key in ("AP", "AP50", "AP75"):
+        points = [(r.get(x_key, i), r[key]) for i, r in enumerate(eval_rows)
+                  if _is_number(r.get(key))]
+        if points:
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, marker="o", markersize=3, label=key)
+    ax.set_xlabel(x_key if all(x_key in r for r in eval_rows) else "evaluation")
+    ax.set_ylabel("COCO box AP")
+    ax.set_ylim(0, 1)
+    ax.set_title("validation AP")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)

@@ -1,0 +1,97 @@
+"""End to end on real data from ../shared/data: train a few iterations, evaluate, resume, predict."""
+import json
+
+import pytest
+import torch
+
+from fcosdet.cli import main
+from fcosdet.cli import run as cli
+from fcosdet.predictor import Detector
+
+TINY = ["--set", "model.depth=18", "--set", "model.fpn_channels=32", "--set", "model.feat_channels=32",
+        "--set", "model.stacked_convs=1", "--set", "data.scale=[224,160]", "--set", "data.multiscale_short=null",
+        "--set", "data.batch_size=2", "--set", "data.workers=0", "--set", "train.log_interval=1",
+        "--set", "train.warmup_iters=2", "--set", "test.max_per_img=20"]
+
+
+def _train(tmp_path, data, *extra, name="run"):
+    run_dir = tmp_path / name
+    cli(["train", "fcos_r18_cpu", "--data", str(data), "--run-dir", str(run_dir), *TINY, *extra])
+    return run_dir
+
+
+def test_train_eval_resume_predict_on_bccd(tmp_path, shared_data, capsys):
+    run_dir = _train(tmp_path, shared_data / "bccd", "--set", "train.epochs=2", "--set", "train.max_iters=3")
+    for name in ("last.pt", "best.pt", "config.yaml", "log.jsonl", "metrics.json", "curves.png"):
+        assert (run_dir / name).is_file(), name
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics) >= {"AP", "AP50", "AP75", "APs", "APm", "APl", "per_class"}
+    assert set(metrics["per_class"]) == {"Platelets", "RBC", "WBC"}
+    state = torch.load(run_dir / "last.pt", weights_only=False)
+    assert state["iteration"] == 3 and state["epoch"] == 1
+    log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in log if "loss" in r] == [1, 2, 3]
+
+    # resume continues from iteration 3 to 5 with the optimiser's momentum restored
+    cli(["train", "fcos_r18_cpu", "--data", str(shared_data / "bccd"), "--run-dir", str(run_dir), *TINY,
+         "--set", "train.epochs=2", "--set", "train.max_iters=5", "--resume"])
+    resumed = torch.load(run_dir / "last.pt", weights_only=False)
+    assert resumed["iteration"] == 5 and resumed["epoch"] == 2
+    assert resumed["optimizer"]["state"], "momentum buffers are saved"
+    assert "resumed" in capsys.readouterr().out
+
+    out = tmp_path / "eval"
+    ev = cli(["eval", str(run_dir / "last.pt"), "--split", "val", "--out", str(out)])
+    assert ev == 0 and (out / "metrics.json").is_file() and (out / "detections.json").is_file()
+
+    images = sorted((shared_data / "bccd" / "images").iterdir())[:2]
+    pred_dir = tmp_path / "pred"
+    cli(["predict", str(run_dir / "last.pt"), *map(str, images), "--out", str(pred_dir)])
+    preds = json.loads((pred_dir / "predictions.json").read_text())
+    assert len(list(pred_dir.glob("*_det.jpg"))) == 2
+    assert all(len(p["bbox"]) == 4 and p["category"] in {"Platelets", "RBC", "WBC"} for p in preds)
+
+    det = Detector.from_checkpoint(run_dir / "last.pt", score_thr=0.0)
+    result = det.predict(images[0])
+    assert result["boxes"].shape[1] == 4 and len(result["class_names"]) == len(result["scores"])
+    assert (result["boxes"][:, 2] <= 640).all() and (result["boxes"][:, 3] <= 480).all()
+
+
+@pytest.mark.parametrize("layout", ["aquarium", "bccd_voc"])
+def test_train_and_evaluate_yolo_and_voc_layouts(tmp_path, shared_data, layout, capsys):
+    # Both sources hold a few zero-size boxes (their COCO JSONs dropped them): --skip-invalid
+    # drops and counts them.
+    if layout == "aquarium":  # YOLO txt labels + data.yaml
+        data = tmp_path / "aq.yaml"
+        data.write_text(f"format: yolo\nroot: {shared_data / 'aquarium'}\ntrain: orig_valid.txt\nval: orig_test.txt\n")
+    else:  # Pascal VOC XML + ImageSets
+        data = tmp_path / "voc.yaml"
+        data.write_text(f"format: voc\nroot: {shared_data / 'bccd'}\ntrain: val\nval: test\n")
+    run_dir = _train(tmp_path, data, "--set", "train.epochs=1", "--set", "train.max_iters=2", "--skip-invalid")
+    assert "skipped" in capsys.readouterr().out
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert 0.0 <= metrics["AP"] <= 1.0
+    state = torch.load(run_dir / "last.pt", weights_only=False)
+    assert state["config"]["model"]["num_classes"] == len(state["class_names"])
+
+
+def test_existing_run_dir_is_not_overwritten_and_errors_are_one_line(tmp_path, shared_data, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "last.pt").write_bytes(b"precious")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "fcos_r18_cpu", "--data", str(shared_data / "bccd"), "--run-dir", str(run_dir)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--resume" in err and "Traceback" not in err
+    assert (run_dir / "last.pt").read_bytes() == b"precious"
+    for argv in (["train", "nope_preset", "--data", "x"],
+                 ["train", "fcos_r18_cpu", "--data", str(tmp_path / "missing")],
+                 ["train", "fcos_r18_cpu", "--set", "train.lr=fast", "--data", "x"],
+                 ["train", "fcos_r18_cpu", "--set", "train.nope=1", "--data", "x"],
+                 ["eval", str(tmp_path / "none.pt")]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv + ["--run-dir", str(tmp_path / "r2")] if argv[0] == "train" else argv)
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("fcosdet: error:"), err
