@@ -12,7 +12,8 @@ import torch
 from . import distributed as D
 from .build import build_criterion, build_model, build_postprocessor
 from .config import Config, save_config
-from .data import DetectionDataset, build_loader, build_transforms, load_dataset_spec, summarize_problems
+from .data import (DetectionDataset, build_loader, build_transforms, load_dataset_spec, summarize_problems,
+                   verify_images)
 from .data.records import DatasetSplit
 from .engine.checkpoint import load_checkpoint, set_rng_state
 from .engine.evaluator import CocoEvaluator, format_table, save_metrics
@@ -34,6 +35,9 @@ def load_split(cfg: Config, split: str) -> DatasetSplit:
         raise UserError("no dataset given; pass --data PATH (a dataset YAML or a COCO/VOC/YOLO folder) "
                         "or set data.dataset in the config")
     data = load_dataset_spec(cfg.data.dataset, split, skip_invalid=cfg.data.skip_invalid)
+    if cfg.data.skip_invalid:  # decode every image now, so a truncated one is dropped, not fatal later
+        data.records, undecodable = verify_images(data.records, skip_invalid=True)
+        data.problems.extend(undecodable)
     if data.problems:
         say(f"{split}: {summarize_problems(data.problems)}")
     return data
@@ -237,7 +241,6 @@ def predict(checkpoint: Path, sources: list[str], *, out_dir: Path, score_thr: f
 
 
 def check_data(dataset: str, splits: list[str], *, skip_invalid: bool) -> None:
-    from .data import verify_images
     for split in splits:
         data = load_dataset_spec(dataset, split, skip_invalid=skip_invalid)
         records, problems = verify_images(data.records, skip_invalid=skip_invalid)

@@ -147,11 +147,11 @@ def _demo() -> Config:
     cfg.data.scale = (256, 256)
     cfg.data.multiscale_short = None
     cfg.data.batch_size = 8
-    cfg.train.epochs = 12
+    cfg.train.epochs = 6
     cfg.train.lr = 0.01
     cfg.train.base_batch = 8
     cfg.train.warmup_iters = 50
-    cfg.train.eval_interval = 4
+    cfg.train.eval_interval = 3
     return cfg
 
 

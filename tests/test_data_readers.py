@@ -132,7 +132,8 @@ def test_coco_category_ids_with_gaps_map_to_contiguous_labels(tmp_path: Path):
     _jpeg(tmp_path / "a.jpg")
     cats = [{"id": 90, "name": "toothbrush"}, {"id": 1, "name": "person"}, {"id": 5, "name": "airplane"}]
     ann = _write_coco(tmp_path, [_image(7, "a.jpg")],
-                      [_ann(1, 7, [1, 2, 10, 10], 90), _ann(2, 7, [5, 5, 3, 4], 5), _ann(3, 7, [0, 0, 2, 2], 1)],
+                      [_ann(1, 7, [1, 2, 10, 10], 90), _ann(2, 7, [5, 5, 3, 4], 5),
+                       _ann(3, 7, [0, 0, 2, 2], 1)],
                       categories=cats)
     split = read_coco(tmp_path, ann)
     assert split.class_names == ["person", "airplane", "toothbrush"]
@@ -329,7 +330,8 @@ def test_voc_bad_inputs(tmp_path: Path):
 def test_dataset_yaml_specs(tmp_path: Path):
     yolo = _yolo_root(tmp_path)
     (yolo / "val.txt").write_text("a.jpg\n")
-    (tmp_path / "y.yaml").write_text("format: yolo\nroot: yolo\ntrain: images\nval: val.txt\nnames: [cat, dog]\n")
+    (tmp_path / "y.yaml").write_text(
+        "format: yolo\nroot: yolo\ntrain: images\nval: val.txt\nnames: [cat, dog]\n")
     assert len(load_dataset_spec(tmp_path / "y.yaml", "train").records) == 3
     assert len(load_dataset_spec(tmp_path / "y.yaml", "val").records) == 1
     with pytest.raises(UserError, match="'test'"):

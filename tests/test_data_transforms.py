@@ -80,7 +80,8 @@ def test_flip_moves_boxes_and_pixels():
     image = Image.fromarray(pixels)
     flip = build_transforms(train=True, scale=(64, 48), flip_prob=1.0, normalize="pytorch")
     out, target = flip(image, _target([[8, 6, 32, 24], [0, 0, 64, 48]], [1, 2]))
-    torch.testing.assert_close(target["boxes"], torch.tensor([[32.0, 6.0, 56.0, 24.0], [0.0, 0.0, 64.0, 48.0]]))
+    expected = torch.tensor([[32.0, 6.0, 56.0, 24.0], [0.0, 0.0, 64.0, 48.0]])  # x1' = W - x2
+    torch.testing.assert_close(target["boxes"], expected)
     red = (1.0 - IMAGENET_MEAN_RGB[0]) / IMAGENET_STD_RGB[0]
     assert out[0, :, -16:].allclose(torch.tensor(red)) and out[0, :, :48].max() < 0
     keep = build_transforms(train=True, scale=(64, 48), flip_prob=0.0)

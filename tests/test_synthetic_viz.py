@@ -12,7 +12,7 @@ from PIL import Image
 
 from fcosdet.data import synthetic
 from fcosdet.data.records import ImageRecord
-from fcosdet.data.synthetic import (SYNTHETIC_CLASSES, ensure_synthetic_dataset,
+from fcosdet.data.synthetic import (MAX_OBJECTS, SYNTHETIC_CLASSES, ensure_synthetic_dataset,
                                     make_synthetic_dataset)
 from fcosdet.engine.evaluator import CocoEvaluator
 from fcosdet.errors import UserError
@@ -54,7 +54,7 @@ def test_layout_yaml_and_coco_fields(tmp_path):
         assert [c["id"] for c in coco["categories"]] == list(range(1, len(SYNTHETIC_CLASSES) + 1))
         per_image = np.bincount([a["image_id"] for a in coco["annotations"]],
                                 minlength=len(coco["images"]) + 1)[1:]
-        assert per_image.min() >= 1 and per_image.max() <= 6
+        assert per_image.min() >= 1 and per_image.max() <= MAX_OBJECTS
         for img in coco["images"]:
             with Image.open(tmp_path / "images" / img["file_name"]) as im:
                 assert im.size == (img["width"], img["height"]) == (160, 128)

@@ -24,6 +24,7 @@ from fcosdet.data.transforms import (
 __all__ = [
     "Batch", "DatasetSplit", "DetectionDataset", "DetectionTransform", "ImageRecord", "build_loader",
     "build_transforms", "collate", "denormalize_image", "detect_layout", "image_size", "keep_ratio_size",
-    "load_dataset_spec", "load_image", "normalize_image", "pad_images", "read_coco", "read_voc", "read_yolo",
+    "load_dataset_spec", "load_image", "normalize_image", "pad_images", "read_coco", "read_voc",
+    "read_yolo",
     "summarize_problems", "to_rgb8", "verify_images",
 ]

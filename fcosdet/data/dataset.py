@@ -8,7 +8,6 @@ reads them from the records instead).
 """
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -24,6 +23,12 @@ from fcosdet.data.transforms import load_image
 from fcosdet.errors import UserError
 
 Transform = Callable[[Any, dict[str, Any]], tuple[torch.Tensor, dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class LoadFailure:
+    """An image a DataLoader worker could not load; `message` is the UserError's text."""
+    message: str
 
 
 class DetectionDataset(Dataset):
@@ -46,7 +51,17 @@ class DetectionDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]] | LoadFailure:
+        try:
+            return self._load(index)
+        except UserError as exc:
+            if get_worker_info() is None:
+                raise
+            # torch would re-raise it in the main process with the worker's traceback pasted
+            # into the message; the loader turns this value back into the one-line UserError.
+            return LoadFailure(str(exc))
+
+    def _load(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
         record = self.records[index]
         image = load_image(record.path)  # UserError naming the file if it does not decode
         if image.size != (record.width, record.height):
@@ -74,29 +89,17 @@ class Batch:
 
     def to(self, device: torch.device | str, *, non_blocking: bool = False) -> Batch:
         """The batch with images and every tensor in the targets on `device`."""
-        return Batch(images=self.images.to(device, non_blocking=non_blocking),
-                     targets=[{k: _move(v, device, non_blocking) for k, v in t.items()} for t in self.targets])
+        targets = [{k: _move(v, device, non_blocking) for k, v in t.items()} for t in self.targets]
+        return Batch(images=self.images.to(device, non_blocking=non_blocking), targets=targets)
 
     def pin_memory(self) -> Batch:
         """Called by DataLoader(pin_memory=True) for custom batch types."""
-        return Batch(images=self.images.pin_memory(),
-                     targets=[{k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in t.items()}
-                              for t in self.targets])
+        targets = [{k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in t.items()}
+                   for t in self.targets]
+        return Batch(images=self.images.pin_memory(), targets=targets)
 
     def __len__(self) -> int:
         return len(self.targets)
-
-
-def _zeros_for_batch(like: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    """Zeros of `shape`; inside a DataLoader worker they live in shared memory from the start,
-    which spares the copy torch makes to send the batch to the main process."""
-    if get_worker_info() is not None and like.device.type == "cpu":
-        try:
-            storage = like._typed_storage()._new_shared(math.prod(shape), device=like.device)
-            return like.new(storage).resize_(shape).zero_()
-        except (AttributeError, RuntimeError):  # private torch API: fall back to a plain tensor
-            pass
-    return like.new_zeros(shape)
 
 
 def pad_images(images: Sequence[torch.Tensor], *, size_divisor: int = 32) -> torch.Tensor:
@@ -107,14 +110,20 @@ def pad_images(images: Sequence[torch.Tensor], *, size_divisor: int = 32) -> tor
     if size_divisor > 1:
         height = -(-height // size_divisor) * size_divisor
         width = -(-width // size_divisor) * size_divisor
-    batch = _zeros_for_batch(images[0], (len(images), int(images[0].shape[0]), height, width))  # (B, 3, Hp, Wp)
+    shape = (len(images), int(images[0].shape[0]), height, width)  # (B, 3, Hp, Wp)
+    batch = images[0].new_zeros(shape)  # (B, 3, Hp, Wp)
     for index, img in enumerate(images):
         batch[index, :, : img.shape[-2], : img.shape[-1]].copy_(img)
     return batch
 
 
-def collate(batch: Sequence[tuple[torch.Tensor, dict[str, Any]]], *, size_divisor: int = 32) -> Batch:
-    """(image, target) pairs -> Batch; padding comes after normalisation, so pads are 0."""
+def collate(batch: Sequence[tuple[torch.Tensor, dict[str, Any]] | LoadFailure], *,
+            size_divisor: int = 32) -> Batch | LoadFailure:
+    """(image, target) pairs -> Batch; padding comes after normalisation, so pads are 0.
+    A batch with an image that failed to load becomes that failure."""
+    for item in batch:
+        if isinstance(item, LoadFailure):
+            return item
     images = [image for image, _ in batch]
     return Batch(images=pad_images(images, size_divisor=size_divisor), targets=[t for _, t in batch])
 
@@ -127,31 +136,13 @@ def _seed_worker(worker_id: int) -> None:
 
 
 class _Loader(DataLoader):
-    """A DataLoader whose worker-side UserError reaches the caller as its one-sentence message
-    (torch re-raises it with the worker's traceback pasted into the message)."""
+    """A DataLoader that raises a worker's LoadFailure in the caller as a plain UserError."""
 
     def __iter__(self) -> Iterator[Any]:
-        iterator = super().__iter__()
-        while True:
-            try:
-                batch = next(iterator)
-            except StopIteration:
-                return
-            except UserError as exc:
-                self._stop_workers(iterator)
-                text, marker = str(exc), "UserError: "
-                if "Original Traceback" in text and marker in text:
-                    raise UserError(text.rsplit(marker, 1)[1].strip()) from None
-                raise
+        for batch in super().__iter__():
+            if isinstance(batch, LoadFailure):
+                raise UserError(batch.message)
             yield batch
-
-    def _stop_workers(self, iterator: Any) -> None:
-        """Stop the workers now: left to garbage collection they can stall exit for seconds."""
-        shutdown = getattr(iterator, "_shutdown_workers", None)
-        if callable(shutdown):
-            shutdown()
-        if getattr(self, "_iterator", None) is iterator:
-            self._iterator = None  # persistent workers: the next epoch starts fresh ones
 
 
 def build_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, num_workers: int,

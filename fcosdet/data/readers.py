@@ -93,13 +93,15 @@ def _try_image_size(path: Path) -> tuple[int, int] | BaseException:
         return exc
 
 
-def _read_sizes(paths: Sequence[Path], problems: _Problems, *, source: str) -> list[tuple[int, int] | None]:
+def _read_sizes(paths: Sequence[Path], problems: _Problems, *,
+                source: str) -> list[tuple[int, int] | None]:
     """Header sizes of many images (thread pool); None where the image is missing or unreadable."""
     with ThreadPoolExecutor(max_workers=8) as pool:
         results = list(pool.map(_try_image_size, paths))
     sizes: list[tuple[int, int] | None] = []
     for path, result in zip(paths, results):
-        if isinstance(result, FileNotFoundError) or (isinstance(result, BaseException) and not path.exists()):
+        missing = isinstance(result, BaseException) and not path.exists()
+        if isinstance(result, FileNotFoundError) or missing:
             problems.report(f"Image file {path} (listed in {source}) does not exist; "
                             f"fix the path or remove the image, {_SKIP_HINT}.")
             sizes.append(None)
@@ -178,14 +180,16 @@ def _load_json(path: Path) -> dict:
     except FileNotFoundError:
         raise UserError(f"Annotation file {path} does not exist; check the path.") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"Annotation file {path} is not valid JSON ({exc}); fix or re-export it.") from None
+        raise UserError(f"Annotation file {path} is not valid JSON ({exc}); "
+                        "fix or re-export it.") from None
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise UserError(f"Annotation file {path} is not a COCO detection file (no 'images' list); "
                         "pass a COCO instances JSON.")
     return data
 
 
-def _coco_categories(data: dict, path: Path, class_names: Sequence[str] | None) -> tuple[dict[int, int], list[str]]:
+def _coco_categories(data: dict, path: Path,
+                     class_names: Sequence[str] | None) -> tuple[dict[int, int], list[str]]:
     """Map category id -> label: sorted ids become 0..C-1, or the index in `class_names`."""
     categories = data.get("categories")
     if not isinstance(categories, list) or not categories:
@@ -212,7 +216,8 @@ def _coco_images(data: dict, path: Path) -> list[dict]:
             raise UserError(f"Annotation file {path} has an image entry without integer 'id' and "
                             f"'file_name' ({image!r}); fix the 'images' list.")
         if image["id"] in seen:
-            raise UserError(f"Annotation file {path} lists image id {image['id']} twice; make image ids unique.")
+            raise UserError(f"Annotation file {path} lists image id {image['id']} twice; "
+                            "make image ids unique.")
         seen.add(image["id"])
     return images
 
@@ -236,7 +241,8 @@ def _coco_group_annotations(data: dict, path: Path, image_ids: set[int],
 
 
 def _coco_image_record(image: dict, anns: list[dict], file_path: Path, size: tuple[int, int], *,
-                       ann_path: Path, cat_to_label: dict[int, int], problems: _Problems) -> ImageRecord | None:
+                       ann_path: Path, cat_to_label: dict[int, int],
+                       problems: _Problems) -> ImageRecord | None:
     """One COCO image's record: declared size checked, unknown categories and bad boxes handled."""
     declared = (image.get("width"), image.get("height"))
     if None not in declared and tuple(declared) != size:
@@ -361,7 +367,10 @@ def read_voc(root: str | Path, split: str | None, *, class_names: Sequence[str] 
     if not (root / "Annotations").is_dir():
         raise UserError(f"{root} has no Annotations/ folder; point at the VOC root holding "
                         "Annotations/, ImageSets/Main/ and JPEGImages/ (or images/).")
-    names = [str(n) for n in class_names] if class_names is not None else _voc_class_names(root / "Annotations")
+    if class_names is None:
+        names = _voc_class_names(root / "Annotations")
+    else:
+        names = [str(n) for n in class_names]
     label_of = {name: i for i, name in enumerate(names)}
     problems = _Problems(skip_invalid=skip_invalid)
     parsed: list[tuple[int, Path, list[tuple[str, list[float]]], Path]] = []
@@ -505,15 +514,16 @@ def _yolo_image_record(image_path: Path, label_path: Path, size: tuple[int, int]
             problems.report(f"{name} has class {tokens[0]}, which is not in 0..{num_classes - 1}; "
                             f"fix the class id or the names list, {_SKIP_HINT}.")
             continue
-        boxes.append([(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height])
+        boxes.append([(cx - w / 2) * width, (cy - h / 2) * height,
+                      (cx + w / 2) * width, (cy + h / 2) * height])
         labels.append(int(cls))
         where.append(name)
     return _make_record(image_path, size, boxes, labels, [False] * len(labels), image_id=image_id,
                         describe=lambda i: where[i], problems=problems)
 
 
-def read_yolo(root: str | Path, *, split_list: str | Path | None = None, names: Sequence[str] | None = None,
-              skip_invalid: bool = False) -> DatasetSplit:
+def read_yolo(root: str | Path, *, split_list: str | Path | None = None,
+              names: Sequence[str] | None = None, skip_invalid: bool = False) -> DatasetSplit:
     """Read a YOLO folder: images/, labels/*.txt of 'class cx cy w h' normalised to [0, 1].
 
     `split_list`: a txt of image paths/names, or a folder of images; default all images under
@@ -651,8 +661,8 @@ def _load_spec_file(path: Path, split: str, *, skip_invalid: bool) -> DatasetSpl
     if fmt == "yolo":
         split_path = root / str(entry)
         if not split_path.exists():
-            raise UserError(f"Dataset file {path}: '{split}' points at {split_path}, which does not exist; "
-                            "fix the path (relative to the root).")
+            raise UserError(f"Dataset file {path}: '{split}' points at {split_path}, which does not "
+                            "exist; fix the path (relative to the root).")
         return read_yolo(root, split_list=split_path, names=names, skip_invalid=skip_invalid)
     raise UserError(f"Dataset file {path} has format {fmt!r}; use 'coco', 'voc' or 'yolo'.")
 

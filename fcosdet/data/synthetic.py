@@ -1,8 +1,9 @@
 """The built-in demo dataset: procedurally drawn shapes on textured backgrounds.
 
-Each image holds 1-6 filled shapes of SYNTHETIC_CLASSES in random colours (so the class is
-carried by the outline, not the colour) on a noise / gradient / stripes / checkerboard
-background. Shapes contrast strongly with the background: a dark background gets bright
+Each image holds 1-6 filled shapes of SYNTHETIC_CLASSES, each class in its own hue family
+(jittered, at random saturation and brightness: outline and colour both carry the class, so a
+small model learns it in minutes on a CPU) on a greyish noise / gradient / stripes /
+checkerboard background. Shapes contrast strongly with the background: a dark background gets bright
 shapes and a light one dark shapes. Later shapes are drawn over earlier ones; a placement is
 retried when it would hide more than half of an earlier shape, and any box whose visible
 fraction still ends up below MIN_VISIBLE is dropped. Boxes are the shape's full extent,
@@ -27,7 +28,8 @@ from PIL import Image, ImageDraw
 from fcosdet.errors import UserError
 
 SYNTHETIC_CLASSES = ["circle", "square", "triangle", "star", "cross"]
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
+HUE_JITTER = 0.05  # each class has a hue family: colour and outline both carry the class
 META_FILE = "synthetic_meta.json"
 MIN_VISIBLE = 0.5  # boxes whose unoccluded pixel fraction is below this are dropped
 MIN_OBJECTS, MAX_OBJECTS = 1, 6
@@ -105,7 +107,7 @@ def _luma(rgb: np.ndarray) -> float:
 def _background(rng: np.random.Generator, h: int, w: int, dark: bool) -> np.ndarray:
     """A textured background (H, W, 3) float32 within +-0.12 of a base colour."""
     value = rng.uniform(0.08, 0.32) if dark else rng.uniform(0.68, 0.92)
-    base = np.array(colorsys.hsv_to_rgb(rng.uniform(), rng.uniform(0, 0.5), value), np.float32)
+    base = np.array(colorsys.hsv_to_rgb(rng.uniform(), rng.uniform(0, 0.25), value), np.float32)
     ys = np.arange(h, dtype=np.float32)[:, None]  # (H, 1) and (1, W): broadcast to (H, W)
     xs = np.arange(w, dtype=np.float32)[None, :]
     angle = rng.uniform(0, np.pi)
@@ -128,15 +130,16 @@ def _background(rng: np.random.Generator, h: int, w: int, dark: bool) -> np.ndar
     return base + amp * pattern[..., None]
 
 
-def _shape_colour(rng: np.random.Generator, background_luma: float, dark: bool,
+def _shape_colour(rng: np.random.Generator, label: int, background_luma: float, dark: bool,
                   avoid: list[np.ndarray]) -> np.ndarray:
-    """A random colour whose luma differs from the background's by >= 0.3 and which is
-    >= 0.3 (RGB distance) from the colours in `avoid` (the shapes it overlaps)."""
+    """A colour of the class's hue family (hue label / K, jittered by +-HUE_JITTER) whose luma
+    differs from the background's by >= 0.3 and which is >= 0.3 (RGB distance) from the
+    colours in `avoid` (the shapes it overlaps)."""
     rgb = np.ones(3, np.float32) if dark else np.zeros(3, np.float32)
     for _ in range(20):
         value = rng.uniform(0.75, 1.0) if dark else rng.uniform(0.05, 0.4)
-        candidate = np.array(colorsys.hsv_to_rgb(rng.uniform(), rng.uniform(0.3, 1.0), value),
-                             np.float32)
+        hue = (label / len(SYNTHETIC_CLASSES) + rng.uniform(-HUE_JITTER, HUE_JITTER)) % 1.0
+        candidate = np.array(colorsys.hsv_to_rgb(hue, rng.uniform(0.6, 1.0), value), np.float32)
         if abs(_luma(candidate) - background_luma) < 0.3:
             continue
         rgb = candidate
@@ -175,7 +178,7 @@ def _render_image(rng: np.random.Generator, image_hw: tuple[int, int]):
         else:
             continue  # no placement keeps the earlier shapes visible enough: skip this one
         covered = [colours[i] for i in np.nonzero(hidden)[0]]
-        colours.append(_shape_colour(rng, bg_luma, dark, covered))
+        colours.append(_shape_colour(rng, label, bg_luma, dark, covered))
         image[region][mask] = colours[-1]
         owner[region][mask] = len(areas)
         visible = np.append(visible - hidden, mask.sum())

@@ -158,12 +158,15 @@ class DetectionTransform:
     def _finish_target(target: dict[str, Any], boxes: torch.Tensor, *, orig_size: tuple[int, int],
                        img_size: tuple[int, int]) -> dict[str, Any]:
         """Drop degenerate boxes with their labels / iscrowd, record the sizes."""
-        keep = ((boxes[:, 2] - boxes[:, 0]) > MIN_BOX_SIZE) & ((boxes[:, 3] - boxes[:, 1]) > MIN_BOX_SIZE)  # (G,)
+        widths, heights = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]  # (G,), (G,)
+        keep = (widths > MIN_BOX_SIZE) & (heights > MIN_BOX_SIZE)  # (G,)
         out = dict(target)
         out["boxes"] = boxes[keep].reshape(-1, 4)  # (G, 4)
-        out["labels"] = torch.as_tensor(np.asarray(target["labels"]), dtype=torch.int64).reshape(-1)[keep]  # (G,)
+        labels = torch.as_tensor(np.asarray(target["labels"]), dtype=torch.int64).reshape(-1)  # (G,)
+        out["labels"] = labels[keep]
         if "iscrowd" in target:
-            out["iscrowd"] = torch.as_tensor(np.asarray(target["iscrowd"]), dtype=torch.bool).reshape(-1)[keep]
+            crowd = torch.as_tensor(np.asarray(target["iscrowd"]), dtype=torch.bool).reshape(-1)  # (G,)
+            out["iscrowd"] = crowd[keep]
         out["orig_size"] = (int(orig_size[0]), int(orig_size[1]))
         out["img_size"] = (int(img_size[0]), int(img_size[1]))
         return out

@@ -99,7 +99,7 @@ def train_one_epoch(ctx: StepContext, loader: Any, state: TrainState, *, logger:
         ips = seen / (time.perf_counter() - start)
         lr = ctx.optimizer.param_groups[0]["lr"]
         bar.set_postfix({**{k.removeprefix("loss_"): f"{v:.3f}" for k, v in terms.items()},
-                         "lr": f"{lr:.2e}", "img/s": f"{ips:.1f}"})
+                         "lr": f"{lr:.2e}", "img/s": f"{ips:.1f}"}, refresh=False)
         if state.iteration % log_interval == 0 or state.iteration == 1:
             logger.log({"epoch": state.epoch + 1, "loss": sum(terms.values()), **terms, "lr": lr,
                         "images_per_s": ips}, step=state.iteration)

@@ -1,0 +1,132 @@
+"""fcosdet vs torchvision's FCOS on ../shared/data/bccd, side by side, from scratch on the CPU.
+
+Both: ResNet-18 FPN (256 channels, 4-conv GN heads) with GroupNorm(32) in the backbone (from scratch: frozen BN would be an
+identity), short side 320 / long side <= 448, horizontal flip, batch 4, SGD lr 0.01 momentum 0.9
+wd 1e-4, linear warmup then cosine, the same epochs, evaluated by the same CocoEvaluator on
+val.json. Prints one JSON object with both APs and wall times and their ratios.
+
+    python benchmarks/bccd_vs_torchvision.py --epochs 24 [--preset fcos_r18_cpu|fcos_r18_tricks_cpu]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+BCCD = ROOT.parent / "shared" / "data" / "bccd"
+
+
+def run_fcosdet(args, run_dir: Path) -> dict:
+    from fcosdet.commands import train
+    from fcosdet.config import preset
+    cfg = preset(args.preset)
+    cfg.data.dataset = str(BCCD)
+    cfg.model.fpn_channels = cfg.model.feat_channels = 256  # torchvision's widths
+    cfg.data.scale, cfg.data.multiscale_short = (448, 320), None
+    cfg.data.batch_size, cfg.data.workers = 4, 2
+    cfg.train.epochs, cfg.train.eval_interval = args.epochs, args.epochs
+    cfg.train.lr, cfg.train.base_batch = 0.01, 4
+    cfg.train.schedule, cfg.train.warmup, cfg.train.warmup_iters = "cosine", "linear", 100
+    cfg.train.log_interval = 50
+    start = time.perf_counter()
+    train(cfg, run_dir=run_dir, overwrite=True)
+    seconds = time.perf_counter() - start
+    return {"metrics": json.loads((run_dir / "metrics.json").read_text()), "seconds": seconds}
+
+
+def _torchvision_model(num_classes: int) -> nn.Module:
+    from torchvision.models.detection import FCOS
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+    from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+    backbone = resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=5,
+                                   norm_layer=lambda c: nn.GroupNorm(32, c), returned_layers=[2, 3, 4],
+                                   extra_blocks=LastLevelP6P7(256, 256))
+    # torchvision counts background in num_classes: labels 1..C, 0 unused
+    return FCOS(backbone, num_classes=num_classes + 1, min_size=320, max_size=448)
+
+
+def run_torchvision(args) -> dict:
+    from fcosdet.data import DetectionDataset, build_loader, build_transforms, load_dataset_spec
+    from fcosdet.engine.evaluator import CocoEvaluator
+    from fcosdet.engine.optim import WarmupSchedule, build_optimizer
+    torch.manual_seed(0)
+    train_split, val_split = load_dataset_spec(BCCD, "train"), load_dataset_spec(BCCD, "val")
+    # fcosdet's loader resizes (to the size torchvision's transform keeps) and flips; the
+    # model's own transform normalises again from [0, 1] pixels
+    tf = build_transforms(train=True, scale=(448, 320), flip_prob=0.5, normalize="pytorch")
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    loader = build_loader(DetectionDataset(train_split, transforms=tf), batch_size=4, shuffle=True, num_workers=2)
+    model = _torchvision_model(len(train_split.class_names))
+    opt = build_optimizer(model, lr=0.01, bias_lr_mult=1.0, bias_decay_mult=1.0)
+    total = args.epochs * len(loader)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, WarmupSchedule(
+        iters_per_epoch=len(loader), total_iters=total, warmup="linear", warmup_iters=100, schedule="cosine"))
+    start = time.perf_counter()
+    for epoch in range(args.epochs):
+        model.train()
+        for batch in loader:
+            images = [(im * std + mean)[:, : t["img_size"][0], : t["img_size"][1]]
+                      for im, t in zip(batch.images, batch.targets)]
+            targets = [{"boxes": t["boxes"], "labels": t["labels"] + 1} for t in batch.targets]
+            loss = sum(model(images, targets).values())
+            if not math.isfinite(loss.item()):
+                raise RuntimeError("torchvision FCOS diverged")
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+        print(f"torchvision epoch {epoch + 1}/{args.epochs} loss {loss.item():.3f}", flush=True)
+    seconds = time.perf_counter() - start
+    return {"metrics": _evaluate_torchvision(model, val_split, mean, std), "seconds": seconds}
+
+
+@torch.no_grad()
+def _evaluate_torchvision(model, split, mean, std) -> dict:
+    from fcosdet.data import DetectionDataset, build_loader, build_transforms
+    from fcosdet.engine.evaluator import CocoEvaluator
+    model.eval()
+    model.score_thresh, model.nms_thresh, model.detections_per_img = 0.05, 0.6, 100
+    tf = build_transforms(train=False, scale=(448, 320), normalize="pytorch")
+    loader = build_loader(DetectionDataset(split, transforms=tf), batch_size=4, shuffle=False, num_workers=2)
+    ev = CocoEvaluator(records=split.records, class_names=split.class_names)
+    for batch in loader:
+        images = [(im * std + mean)[:, : t["img_size"][0], : t["img_size"][1]]
+                  for im, t in zip(batch.images, batch.targets)]
+        for t, d in zip(batch.targets, model(images)):
+            ev.process([{"image_id": t["image_id"], "boxes": d["boxes"], "scores": d["scores"],
+                         "labels": d["labels"] - 1}])
+    return ev.evaluate()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--epochs", type=int, default=24)
+    ap.add_argument("--preset", default="fcos_r18_cpu")
+    ap.add_argument("--skip-torchvision", action="store_true")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        ours = run_fcosdet(args, Path(tmp) / "fcosdet")
+    result = {"benchmark": "bccd_vs_torchvision", "epochs": args.epochs, "preset": args.preset,
+              "fcosdet_AP": round(ours["metrics"]["AP"], 4), "fcosdet_AP50": round(ours["metrics"]["AP50"], 4),
+              "fcosdet_seconds": round(ours["seconds"], 1)}
+    if not args.skip_torchvision:
+        peer = run_torchvision(args)
+        result.update({"torchvision_AP": round(peer["metrics"]["AP"], 4),
+                       "torchvision_AP50": round(peer["metrics"]["AP50"], 4),
+                       "torchvision_seconds": round(peer["seconds"], 1),
+                       "AP_difference": round(ours["metrics"]["AP"] - peer["metrics"]["AP"], 4),
+                       "time_ratio": round(ours["seconds"] / peer["seconds"], 3)})
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
