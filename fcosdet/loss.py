@@ -72,7 +72,8 @@ def fcos_loss(cls_scores: Sequence[Tensor], bbox_preds: Sequence[Tensor],
 
     pos = ((labels >= 0) & (labels < num_classes)).nonzero().reshape(-1)  # (N,)
     num_pos = reduce_mean(torch.tensor(float(pos.numel()), device=device)).clamp(min=1.0)
-    onehot = F.one_hot(labels, num_classes + 1)[:, :num_classes].to(flat_cls.dtype)  # (M, C)
+    onehot = torch.zeros_like(flat_cls)  # (M, C); background rows stay all-zero
+    onehot[pos, labels[pos]] = 1.0
     loss_cls = sigmoid_focal_loss(flat_cls, onehot, alpha=0.25, gamma=2.0, reduction="sum") / num_pos
 
     pos_bbox, pos_ctr = flat_bbox[pos], flat_ctr[pos]  # (N, 4), (N,)
