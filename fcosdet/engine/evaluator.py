@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 
 from fcosdet.data.records import ImageRecord
+from fcosdet.distributed import world_size
 
 SUMMARY_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
@@ -138,7 +139,7 @@ class CocoEvaluator:
 
     def evaluate(self) -> dict:
         """Returns {"AP", "AP50", "AP75", "APs", "APm", "APl", "per_class": {name: AP|None}}."""
-        if not _is_distributed():
+        if world_size() == 1:
             return self._compute()
         self._gather_to_rank0()
         metrics = [self._compute() if dist.get_rank() == 0 else None]
@@ -199,10 +200,6 @@ def _clean(value: float) -> float:
     """COCO uses -1 for 'no ground truth here'; report 0.0 so metrics stay in [0, 1]."""
     value = float(value)
     return 0.0 if (value < 0 or math.isnan(value)) else value
-
-
-def _is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 # ---------------------------------------------------------------------- reporting helpers
