@@ -4,11 +4,8 @@ Builds the same small FCOS (GroupNorm everywhere: nothing depends on the split),
 4 bccd images (all 640x480, so padding is the same) and writes the worker-averaged losses and
 the gradients after one DDP backward to OUT (rank 0), for comparison with one process.
 """
-import os
 import sys
-from pathlib import Path
 
-import numpy as np
 import torch
 
 from fcosdet import distributed as D
