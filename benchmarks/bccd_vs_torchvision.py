@@ -1,12 +1,13 @@
 """fcosdet vs torchvision's FCOS on ../shared/data/bccd, side by side, from scratch on the CPU.
 
-Both: ResNet-18 FPN (256 channels, 4-conv GN heads) with GroupNorm(32) in the backbone (from scratch: frozen BN would be an
+Both: ResNet-18 FPN (`--width` channels in FPN and heads, 256 as torchvision's default; 4-conv GN heads) with GroupNorm(32) in the backbone (from scratch: frozen BN would be an
 identity), short side 320 / long side <= 448, horizontal flip, batch 4, SGD lr 0.01 momentum 0.9
 wd 1e-4, linear warmup then cosine, the same epochs, evaluated by the same CocoEvaluator on
 val.json. Prints one JSON object with both APs, both wall times (training plus the final
 evaluation, data set-up excluded) and their ratio.
 
     python benchmarks/bccd_vs_torchvision.py --epochs 24 [--preset fcos_r18_cpu|fcos_r18_tricks_cpu]
+        [--width 256] [--run-dir runs/bench] [--out result.json] [--skip-torchvision] [--skip-fcosdet]
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def run_fcosdet(args, run_dir: Path) -> dict:
     from fcosdet.config import preset
     cfg = preset(args.preset)
     cfg.data.dataset = str(BCCD)
-    cfg.model.fpn_channels = cfg.model.feat_channels = 256  # torchvision's widths
+    cfg.model.fpn_channels = cfg.model.feat_channels = args.width
     cfg.data.scale, cfg.data.multiscale_short = (448, 320), None
     cfg.data.batch_size, cfg.data.workers = 4, 2
     cfg.train.epochs, cfg.train.eval_interval = args.epochs, args.epochs
@@ -42,13 +43,16 @@ def run_fcosdet(args, run_dir: Path) -> dict:
     return {"metrics": json.loads((run_dir / "metrics.json").read_text()), "seconds": seconds}
 
 
-def _torchvision_model(num_classes: int) -> nn.Module:
+def _torchvision_model(num_classes: int, width: int) -> nn.Module:
+    from torchvision.models import resnet18
     from torchvision.models.detection import FCOS
-    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+    from torchvision.models.detection.backbone_utils import BackboneWithFPN
     from torchvision.ops.feature_pyramid_network import LastLevelP6P7
-    backbone = resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=5,
-                                   norm_layer=lambda c: nn.GroupNorm(32, c), returned_layers=[2, 3, 4],
-                                   extra_blocks=LastLevelP6P7(256, 256))
+    # what resnet_fpn_backbone builds (C3-C5, P6/P7 from P5), with the FPN width as an argument
+    backbone = BackboneWithFPN(resnet18(weights=None, norm_layer=lambda c: nn.GroupNorm(32, c)),
+                               return_layers={"layer2": "0", "layer3": "1", "layer4": "2"},
+                               in_channels_list=[128, 256, 512], out_channels=width,
+                               extra_blocks=LastLevelP6P7(width, width))
     # torchvision counts background in num_classes: labels 1..C, 0 unused
     return FCOS(backbone, num_classes=num_classes + 1, min_size=320, max_size=448)
 
@@ -64,7 +68,7 @@ def run_torchvision(args) -> dict:
     mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
     loader = build_loader(DetectionDataset(train_split, transforms=tf), batch_size=4, shuffle=True, num_workers=2)
-    model = _torchvision_model(len(train_split.class_names))
+    model = _torchvision_model(len(train_split.class_names), args.width)
     opt = build_optimizer(model, lr=0.01, bias_lr_mult=1.0, bias_decay_mult=1.0)
     total = args.epochs * len(loader)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, WarmupSchedule(
@@ -114,12 +118,16 @@ def main() -> None:
     ap.add_argument("--preset", default="fcos_r18_cpu")
     ap.add_argument("--skip-torchvision", action="store_true")
     ap.add_argument("--skip-fcosdet", action="store_true")
+    ap.add_argument("--width", type=int, default=256, help="FPN and head channels of both models")
+    ap.add_argument("--run-dir", type=Path, help="keep fcosdet's run folder (log, metrics) here")
+    ap.add_argument("--out", type=Path, help="also write the JSON result to this file")
     args = ap.parse_args()
     torch.manual_seed(0)
-    result = {"benchmark": "bccd_vs_torchvision", "epochs": args.epochs, "preset": args.preset}
+    result = {"benchmark": "bccd_vs_torchvision", "epochs": args.epochs, "preset": args.preset,
+              "width": args.width}
     if not args.skip_fcosdet:
         with tempfile.TemporaryDirectory() as tmp:
-            ours = run_fcosdet(args, Path(tmp) / "fcosdet")
+            ours = run_fcosdet(args, args.run_dir or Path(tmp) / "fcosdet")
         result.update({"fcosdet_AP": round(ours["metrics"]["AP"], 4),
                        "fcosdet_AP50": round(ours["metrics"]["AP50"], 4),
                        "fcosdet_seconds": round(ours["seconds"], 1)})
@@ -132,6 +140,8 @@ def main() -> None:
         result["AP_difference"] = round(result["fcosdet_AP"] - result["torchvision_AP"], 4)
         result["time_ratio"] = round(result["fcosdet_seconds"] / result["torchvision_seconds"], 3)
     print(json.dumps(result))
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
 
 
 if __name__ == "__main__":

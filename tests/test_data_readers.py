@@ -26,7 +26,7 @@ from fcosdet.data.transforms import build_transforms
 from fcosdet.errors import UserError
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="shared datasets not present")
+needs_data = pytest.mark.usefixtures("shared_data")  # fails, never skips, without ../shared/data
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -353,6 +353,25 @@ def test_dataset_yaml_specs(tmp_path: Path):
     (tmp_path / "bad.yaml").write_text("format: kitti\nroot: .\ntrain: x\n")
     with pytest.raises(UserError, match="kitti"):
         load_dataset_spec(tmp_path / "bad.yaml", "train")
+
+
+@needs_data
+def test_official_coco_layout_by_folder(tmp_path: Path):
+    """annotations/instances_val2017.json + val2017/ (mmdetection's data/coco) loads by path."""
+    (tmp_path / "annotations").mkdir()
+    data = json.loads((DATA / "bccd" / "val.json").read_text())
+    (tmp_path / "annotations" / "instances_val2017.json").write_text(json.dumps(data))
+    (tmp_path / "val2017").mkdir()
+    for image in data["images"]:
+        (tmp_path / "val2017" / image["file_name"]).symlink_to(DATA / "bccd" / "images" / image["file_name"])
+    assert detect_layout(tmp_path) == "coco"
+    loaded = load_dataset_spec(tmp_path, "val")
+    _assert_same_boxes(loaded, read_coco(DATA / "bccd" / "images", DATA / "bccd" / "val.json"), tol=0.0)
+    with pytest.raises(UserError, match="instances_train"):
+        load_dataset_spec(tmp_path, "train")  # no train split here
+    (tmp_path / "annotations" / "instances_train2017.json").write_text(json.dumps(data))
+    with pytest.raises(UserError, match="no image folder"):
+        load_dataset_spec(tmp_path, "train")
 
 
 def test_layout_detection_of_folders(tmp_path: Path):

@@ -584,14 +584,39 @@ def verify_images(records: Sequence[ImageRecord], *, skip_invalid: bool = False,
 # ----------------------------------------------------------------------------- dataset specs
 
 _LAYOUT_HELP = ("expected a dataset YAML, or a folder with images/ and annotations.json, train.json or "
-                "val.json (COCO), Annotations/ and ImageSets/Main/ (VOC), or images/, labels/ and "
+                "val.json (COCO), annotations/instances_<split>2017.json and <split>2017/ (official "
+                "COCO), Annotations/ and ImageSets/Main/ (VOC), or images/, labels/ and "
                 "data.yaml, config.yaml or names.txt (YOLO)")
+
+
+def _official_coco_files(folder: Path, split: str) -> list[Path]:
+    """annotations/instances_{split}*.json, e.g. instances_train2017.json for split 'train'."""
+    return sorted((folder / "annotations").glob(f"instances_{split}*.json"))
+
+
+def _official_coco_split(folder: Path, split: str) -> tuple[Path, Path] | None:
+    """(images dir, annotation file) of the official COCO layout, or None when it has no such
+    split. The images of instances_val2017.json are in val2017/ or images/val2017/."""
+    files = _official_coco_files(folder, split)
+    if not files:
+        return None
+    if len(files) > 1:
+        raise UserError(f"{folder / 'annotations'} has several files for split '{split}' "
+                        f"({', '.join(f.name for f in files)}); name one in a dataset YAML.")
+    name = files[0].stem[len("instances_"):]
+    for images in (folder / name, folder / "images" / name):
+        if images.is_dir():
+            return images, files[0]
+    raise UserError(f"Found {files[0]} but no image folder {folder / name} or "
+                    f"{folder / 'images' / name}; put the split's images there.")
 
 
 def detect_layout(folder: Path) -> str | None:
     """'coco', 'voc' or 'yolo' from the files in `folder` (checked in that order), else None."""
     if (folder / "images").is_dir() and any((folder / n).is_file()
                                             for n in ("annotations.json", "train.json", "val.json")):
+        return "coco"
+    if _official_coco_files(folder, ""):
         return "coco"
     if (folder / "Annotations").is_dir() and (folder / "ImageSets" / "Main").is_dir():
         return "voc"
@@ -615,17 +640,20 @@ def _yolo_folder_split(folder: Path, split: str) -> Path | None:
 
 
 def _load_folder(folder: Path, split: str, *, skip_invalid: bool) -> DatasetSplit:
-    """A dataset folder by its layout. Splits: COCO {split}.json, else annotations.json (all
-    images); VOC ImageSets/Main/{split}.txt, else every XML; YOLO {split}.txt or the YAML's
+    """A dataset folder by its layout. Splits: COCO annotations/instances_{split}*.json (official
+    layout), else {split}.json, else annotations.json (all images); VOC ImageSets/Main/{split}.txt, else every XML; YOLO {split}.txt or the YAML's
     `split` path when it exists, else every image under images/."""
     layout = detect_layout(folder)
     if layout == "coco":
+        official = _official_coco_split(folder, split)
+        if official is not None:
+            return read_coco(*official, skip_invalid=skip_invalid)
         ann = folder / f"{split}.json"
         if not ann.is_file():
             ann = folder / "annotations.json"
         if not ann.is_file():
-            raise UserError(f"{folder} has no {split}.json or annotations.json; add the COCO file for "
-                            f"split '{split}'.")
+            raise UserError(f"{folder} has no annotations/instances_{split}*.json, {split}.json or "
+                            f"annotations.json; add the COCO file for split '{split}'.")
         return read_coco(folder / "images", ann, skip_invalid=skip_invalid)
     if layout == "voc":
         has_list = (folder / "ImageSets" / "Main" / f"{split}.txt").is_file()
