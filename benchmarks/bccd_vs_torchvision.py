@@ -1,10 +1,11 @@
 """fcosdet vs torchvision's FCOS on ../shared/data/bccd, side by side, from scratch on the CPU.
 
-Both: ResNet-18 FPN (`--width` channels in FPN and heads, 256 as torchvision's default; 4-conv GN heads) with GroupNorm(32) in the backbone (from scratch: frozen BN would be an
-identity), short side 320 / long side <= 448, horizontal flip, batch 4, SGD lr 0.01 momentum 0.9
-wd 1e-4, linear warmup then cosine, the same epochs, evaluated by the same CocoEvaluator on
-val.json. Prints one JSON object with both APs, both wall times (training plus the final
-evaluation, data set-up excluded) and their ratio.
+Both: ResNet-18 FPN (`--width` channels in FPN and heads, 256 as torchvision's default; 4-conv
+GN heads) with GroupNorm(32) in the backbone (from scratch: frozen BN would be an identity),
+short side 320 / long side <= 448, horizontal flip, batch 4, SGD lr 0.01 momentum 0.9 wd 1e-4,
+linear warmup then cosine, the same epochs, evaluated by the same CocoEvaluator on val.json.
+Prints one JSON object with both APs, both wall times (training plus the final evaluation, data
+set-up excluded) and their ratio.
 
     python benchmarks/bccd_vs_torchvision.py --epochs 24 [--preset fcos_r18_cpu|fcos_r18_tricks_cpu]
         [--width 256] [--run-dir runs/bench] [--out result.json] [--skip-torchvision] [--skip-fcosdet]

@@ -641,8 +641,9 @@ def _yolo_folder_split(folder: Path, split: str) -> Path | None:
 
 def _load_folder(folder: Path, split: str, *, skip_invalid: bool) -> DatasetSplit:
     """A dataset folder by its layout. Splits: COCO annotations/instances_{split}*.json (official
-    layout), else {split}.json, else annotations.json (all images); VOC ImageSets/Main/{split}.txt, else every XML; YOLO {split}.txt or the YAML's
-    `split` path when it exists, else every image under images/."""
+    layout), else {split}.json, else annotations.json (all images); VOC
+    ImageSets/Main/{split}.txt, else every XML; YOLO {split}.txt or the YAML's `split` path when
+    it exists, else every image under images/."""
     layout = detect_layout(folder)
     if layout == "coco":
         official = _official_coco_split(folder, split)
