@@ -147,7 +147,7 @@ def _demo() -> Config:
     cfg.data.scale = (256, 256)
     cfg.data.multiscale_short = None
     cfg.data.batch_size = 8
-    cfg.train.epochs = 6
+    cfg.train.epochs = 7
     cfg.train.lr = 0.01
     cfg.train.base_batch = 8
     cfg.train.warmup_iters = 50
