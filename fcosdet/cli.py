@@ -43,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--score-thr", type=float, default=0.05, help="keep detections above this score")
     pr.add_argument("--draw-thr", type=float, default=0.3, help="draw detections above this score")
 
-    d = sub.add_parser("demo", help="train and evaluate on the built-in shapes dataset (CPU, about 10 min); "
+    d = sub.add_parser("demo", help="train and evaluate on the built-in shapes dataset (2 CPU cores, under 10 min); "
                        "replaces its --run-dir")
     d.add_argument("--run-dir", type=Path, default=Path("runs/demo"))
     d.add_argument("--data-dir", type=Path, default=Path("runs/shapes-data"))

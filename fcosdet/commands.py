@@ -102,7 +102,8 @@ def build_training(cfg: Config, device: torch.device) -> Built:
     total_batch = cfg.data.batch_size * D.world_size()
     lr = t.lr * total_batch / t.base_batch  # linear scaling rule
     optimizer = build_optimizer(model, lr=lr, momentum=t.momentum, weight_decay=t.weight_decay,
-                                bias_lr_mult=t.bias_lr_mult, bias_decay_mult=t.bias_decay_mult)
+                                bias_lr_mult=t.bias_lr_mult, bias_decay_mult=t.bias_decay_mult,
+                                kind=t.optimizer)
     ipe = len(train_loader)
     total = ipe * t.epochs if t.max_iters is None else min(ipe * t.epochs, t.max_iters)
     schedule = WarmupSchedule(iters_per_epoch=ipe, total_iters=total, warmup=t.warmup,
@@ -257,11 +258,11 @@ def demo(*, run_dir: Path, data_dir: Path, epochs: int | None, overwrite: bool) 
 
     from .config import preset
     from .data.synthetic import ensure_synthetic_dataset
-    info = ensure_synthetic_dataset(data_dir)
+    cfg = preset("demo")
+    info = ensure_synthetic_dataset(data_dir, image_size=(cfg.data.scale[1], cfg.data.scale[1]))
     how = "reused" if info["reused"] else f"generated in {info['seconds']:.1f} s"
     say(f"shapes dataset: {info['num_images']['train']} train / {info['num_images']['val']} val images "
         f"({', '.join(info['class_names'])}) in {data_dir} ({how})")
-    cfg = preset("demo")
     cfg.data.dataset = info["yaml"]
     if epochs is not None:
         cfg.train.epochs = epochs

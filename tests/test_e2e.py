@@ -89,9 +89,36 @@ def test_existing_run_dir_is_not_overwritten_and_errors_are_one_line(tmp_path, s
                  ["train", "fcos_r18_cpu", "--data", str(tmp_path / "missing")],
                  ["train", "fcos_r18_cpu", "--set", "train.lr=fast", "--data", "x"],
                  ["train", "fcos_r18_cpu", "--set", "train.nope=1", "--data", "x"],
+                 ["train", "fcos_r18_cpu", "--set", "train.schedule=cosin", "--data", "x"],
+                 ["train", "fcos_r18_cpu", "--set", "train.optimizer=adam", "--data", "x"],
                  ["eval", str(tmp_path / "none.pt")]):
         with pytest.raises(SystemExit) as exit_info:
             main(argv + ["--run-dir", str(tmp_path / "r2")] if argv[0] == "train" else argv)
         assert exit_info.value.code == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and err.startswith("fcosdet: error:"), err
+
+
+def test_demo_command_end_to_end(tmp_path, monkeypatch, capsys):
+    """`fcosdet demo` as `make demo` runs it, cut to 3 iterations: generates the 192 px shapes
+    data, trains the demo preset (ResNet-10, AdamW), evaluates, draws detections."""
+    from fcosdet import config
+    from PIL import Image
+
+    def short_demo():
+        cfg = config._demo()
+        cfg.train.max_iters = 3
+        return cfg
+    monkeypatch.setitem(config.PRESETS, "demo", short_demo)
+    run_dir, data_dir = tmp_path / "demo", tmp_path / "shapes"
+    assert cli(["demo", "--run-dir", str(run_dir), "--data-dir", str(data_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "512 train / 128 val images" in out and "demo finished in" in out and "AP" in out
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert 0.0 <= metrics["AP"] <= 1.0 and set(metrics["per_class"]) == {"circle", "square", "triangle",
+                                                                          "star", "cross"}
+    with Image.open(next((data_dir / "images").glob("val_*.jpg"))) as im:
+        assert im.size == (192, 192)
+    saved = (run_dir / "config.yaml").read_text()
+    assert "depth: 10" in saved and "optimizer: adamw" in saved
+    assert (run_dir / "curves.png").is_file() and len(list((run_dir / "detections").glob("*_det.jpg"))) == 8

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from fcosdet.cli import main
+from fcosdet.config import apply_overrides, preset
 from fcosdet.data.dataset import Batch
 from fcosdet.engine.checkpoint import load_checkpoint, save_atomic
 from fcosdet.engine.optim import WarmupSchedule, build_optimizer
@@ -32,6 +33,21 @@ def test_parameter_groups_bias_lr_and_no_decay():
     assert by_id[id(model[0].weight)]["weight_decay"] == 1e-4 and by_id[id(model[0].weight)]["lr"] == 0.01
     assert by_id[id(model[0].bias)]["lr"] == 0.02 and by_id[id(model[0].bias)]["weight_decay"] == 0
     assert by_id[id(model[1].weight)]["weight_decay"] == 0 and by_id[id(model[1].weight)]["lr"] == 0.01
+    assert isinstance(opt, torch.optim.SGD) and opt.defaults["momentum"] == 0.9
+    adamw = build_optimizer(model, lr=1e-3, weight_decay=0.05, kind="adamw")
+    assert isinstance(adamw, torch.optim.AdamW) and adamw.defaults["betas"] == (0.9, 0.999)
+    assert [g["weight_decay"] for g in adamw.param_groups] == [0.05, 0.0, 0.0]
+    assert [g["lr"] for g in adamw.param_groups] == [1e-3, 1e-3, 2e-3]
+
+
+def test_config_choices_are_checked():
+    cfg = apply_overrides(preset("fcos_r18_cpu"), {"train.optimizer": "adamw", "model.head_norm": None,
+                                                   "model.bbox_loss": "giou"})
+    assert (cfg.train.optimizer, cfg.model.head_norm, cfg.model.bbox_loss) == ("adamw", None, "giou")
+    for key, value in [("train.schedule", "cosin"), ("train.amp", "bf17"), ("model.backbone_norm", 1),
+                       ("data.normalize", None), ("train.warmup", True)]:
+        with pytest.raises(UserError, match=key.replace(".", r"\.")):
+            apply_overrides(preset("fcos_r18_cpu"), {key: value})
 
 
 def test_non_finite_loss_names_iteration_and_images():

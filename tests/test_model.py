@@ -118,3 +118,15 @@ def test_loads_torchvision_weights_from_disk(tmp_path):
     (tmp_path / "bad.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="cannot read"):
         ResNetBackbone(depth=18, weights=tmp_path / "bad.pth")
+
+
+def test_resnet10_is_one_basic_block_per_stage():
+    bb = ResNetBackbone(depth=10, norm="gn", frozen_stages=-1, norm_eval=False)
+    assert [len(getattr(bb.body, f"layer{i}")) for i in range(1, 5)] == [1, 1, 1, 1]
+    assert bb.out_channels == (128, 256, 512)
+    c3, c4, c5 = bb(torch.zeros(1, 3, 96, 160))
+    assert c3.shape == (1, 128, 12, 20) and c4.shape == (1, 256, 6, 10) and c5.shape == (1, 512, 3, 5)
+    r18 = sum(p.numel() for p in ResNetBackbone(depth=18, norm="gn").parameters())
+    assert sum(p.numel() for p in bb.parameters()) < 0.5 * r18
+    with pytest.raises(UserError, match="depth 12 is not supported"):
+        ResNetBackbone(depth=12)

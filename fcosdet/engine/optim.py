@@ -1,4 +1,4 @@
-"""SGD with the reference's parameter groups, and the warmup + step / cosine schedule."""
+"""SGD (or AdamW) with the reference's parameter groups, and the warmup + step / cosine schedule."""
 from __future__ import annotations
 
 import math
@@ -8,10 +8,18 @@ import torch
 from torch import nn
 
 
+OPTIMIZERS = ("sgd", "adamw")
+
+
 def build_optimizer(model: nn.Module, *, lr: float, momentum: float = 0.9,
                     weight_decay: float = 1e-4, bias_lr_mult: float = 2.0,
-                    bias_decay_mult: float = 0.0) -> torch.optim.SGD:
-    """Biases get lr x bias_lr_mult; biases and norm weights get decay x bias_decay_mult."""
+                    bias_decay_mult: float = 0.0, kind: str = "sgd") -> torch.optim.Optimizer:
+    """Biases get lr x bias_lr_mult; biases and norm weights get decay x bias_decay_mult.
+
+    kind 'sgd' is the reference's (momentum SGD); 'adamw' (betas (momentum, 0.999), decoupled
+    decay) converges faster in short from-scratch schedules such as the demo's."""
+    if kind not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {kind!r}")
     norm_types = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
     plain, bias, norm = [], [], []
     for module in model.modules():
@@ -29,7 +37,10 @@ def build_optimizer(model: nn.Module, *, lr: float, momentum: float = 0.9,
         {"params": norm, "lr": lr, "weight_decay": weight_decay * bias_decay_mult},
         {"params": bias, "lr": lr * bias_lr_mult, "weight_decay": weight_decay * bias_decay_mult},
     ]
-    return torch.optim.SGD([g for g in groups if g["params"]], lr=lr, momentum=momentum)
+    groups = [g for g in groups if g["params"]]
+    if kind == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=(momentum, 0.999))
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum)
 
 
 @dataclass

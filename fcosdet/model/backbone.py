@@ -11,12 +11,21 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from torchvision.models import resnet18, resnet34, resnet50, resnet101
+from torchvision.models import ResNet, resnet18, resnet34, resnet50, resnet101
+from torchvision.models.resnet import BasicBlock
 from torchvision.ops import FrozenBatchNorm2d
 
 from ..errors import UserError
 
-_RESNETS = {18: resnet18, 34: resnet34, 50: resnet50, 101: resnet101}
+
+
+def resnet10(*, weights: None = None, norm_layer: type[nn.Module]) -> ResNet:
+    """torchvision's ResNet with one BasicBlock per stage: a light from-scratch CPU backbone
+    (about half of ResNet-18's compute; no published weights exist for it)."""
+    return ResNet(BasicBlock, [1, 1, 1, 1], norm_layer=norm_layer)
+
+
+_RESNETS = {10: resnet10, 18: resnet18, 34: resnet34, 50: resnet50, 101: resnet101}
 _NORMS = {"frozen_bn": FrozenBatchNorm2d, "bn": nn.BatchNorm2d,
           "gn": lambda c: nn.GroupNorm(32, c)}
 
