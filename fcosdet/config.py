@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import yaml
 
+from .engine.optim import OptimizerKind
 from .errors import UserError
 
 
@@ -67,7 +68,7 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 12
-    optimizer: Literal["sgd", "adamw"] = "sgd"  # sgd: the reference
+    optimizer: OptimizerKind = "sgd"  # sgd: the reference
     lr: float = 0.01  # for `base_batch` images per step; scaled linearly to the real batch
     base_batch: int = 16
     momentum: float = 0.9

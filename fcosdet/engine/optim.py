@@ -2,24 +2,25 @@
 from __future__ import annotations
 
 import math
+import typing
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 
-OPTIMIZERS = ("sgd", "adamw")
+OptimizerKind = typing.Literal["sgd", "adamw"]  # also the type of TrainConfig.optimizer
 
 
 def build_optimizer(model: nn.Module, *, lr: float, momentum: float = 0.9,
                     weight_decay: float = 1e-4, bias_lr_mult: float = 2.0,
-                    bias_decay_mult: float = 0.0, kind: str = "sgd") -> torch.optim.Optimizer:
+                    bias_decay_mult: float = 0.0, kind: OptimizerKind = "sgd") -> torch.optim.Optimizer:
     """Biases get lr x bias_lr_mult; biases and norm weights get decay x bias_decay_mult.
 
     kind 'sgd' is the reference's (momentum SGD); 'adamw' (betas (momentum, 0.999), decoupled
     decay) converges faster in short from-scratch schedules such as the demo's."""
-    if kind not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {kind!r}")
+    if kind not in typing.get_args(OptimizerKind):
+        raise ValueError(f"optimizer must be one of {typing.get_args(OptimizerKind)}, got {kind!r}")
     norm_types = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
     plain, bias, norm = [], [], []
     for module in model.modules():
