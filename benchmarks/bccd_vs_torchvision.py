@@ -140,6 +140,14 @@ def run_parallel(args) -> dict:
     return merged
 
 
+def _figures(name: str, run: dict) -> dict:
+    """One model's JSON fields: AP, AP50, wall seconds and per-class AP, prefixed by its name."""
+    m = run["metrics"]
+    return {f"{name}_AP": round(m["AP"], 4), f"{name}_AP50": round(m["AP50"], 4),
+            f"{name}_seconds": round(run["seconds"], 1),
+            f"{name}_per_class": {k: v if v is None else round(v, 4) for k, v in m["per_class"].items()}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=24)
@@ -158,19 +166,9 @@ def main() -> None:
         result.update(run_parallel(args), parallel=True)
     if not args.skip_fcosdet and not args.parallel:
         with tempfile.TemporaryDirectory() as tmp:
-            ours = run_fcosdet(args, args.run_dir or Path(tmp) / "fcosdet")
-        result.update({"fcosdet_AP": round(ours["metrics"]["AP"], 4),
-                       "fcosdet_AP50": round(ours["metrics"]["AP50"], 4),
-                       "fcosdet_seconds": round(ours["seconds"], 1),
-                       "fcosdet_per_class": {k: v if v is None else round(v, 4)
-                                                for k, v in ours["metrics"]["per_class"].items()}})
+            result.update(_figures("fcosdet", run_fcosdet(args, args.run_dir or Path(tmp) / "fcosdet")))
     if not args.skip_torchvision and not args.parallel:
-        peer = run_torchvision(args)
-        result.update({"torchvision_AP": round(peer["metrics"]["AP"], 4),
-                       "torchvision_AP50": round(peer["metrics"]["AP50"], 4),
-                       "torchvision_seconds": round(peer["seconds"], 1),
-                       "torchvision_per_class": {k: v if v is None else round(v, 4)
-                                                for k, v in peer["metrics"]["per_class"].items()}})
+        result.update(_figures("torchvision", run_torchvision(args)))
     if "fcosdet_AP" in result and "torchvision_AP" in result:
         result["AP_difference"] = round(result["fcosdet_AP"] - result["torchvision_AP"], 4)
         result["time_ratio"] = round(result["fcosdet_seconds"] / result["torchvision_seconds"], 3)
