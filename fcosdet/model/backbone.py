@@ -18,7 +18,6 @@ from torchvision.ops import FrozenBatchNorm2d
 from ..errors import UserError
 
 
-
 def resnet10(*, weights: None = None, norm_layer: type[nn.Module]) -> ResNet:
     """torchvision's ResNet with one BasicBlock per stage: a light from-scratch CPU backbone
     (about half of ResNet-18's compute; no published weights exist for it)."""
