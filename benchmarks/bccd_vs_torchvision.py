@@ -1,4 +1,4 @@
-"""fcosdet vs torchvision's FCOS on ../shared/data/bccd, side by side, from scratch on the CPU.
+"""fcosdet vs torchvision's FCOS on ../shared/data/bccd, side by side, from scratch (CPU or GPU).
 
 Both: ResNet-18 FPN (`--width` channels in FPN and heads, 256 as torchvision's default; 4-conv
 GN heads) with GroupNorm(32) in the backbone (from scratch: frozen BN would be an identity),
@@ -9,7 +9,7 @@ set-up excluded) and their ratio.
 
     python benchmarks/bccd_vs_torchvision.py --epochs 24 [--preset fcos_r18_cpu|fcos_r18_tricks_cpu]
         [--width 256] [--run-dir runs/bench] [--out result.json] [--skip-torchvision] [--skip-fcosdet]
-        [--parallel]
+        [--parallel] [--device auto|cpu|cuda] [--workers 2] [--data DIR] [--seed 0] [--set KEY=VALUE ...]
 
 --parallel trains the two models at the same time in two processes of one thread each: on a
 2-core machine that is about 1.25x the throughput of running them in turn, and both wall times
@@ -36,12 +36,13 @@ BCCD = ROOT.parent / "shared" / "data" / "bccd"
 
 def run_fcosdet(args, run_dir: Path) -> dict:
     from fcosdet.commands import train
-    from fcosdet.config import preset
-    cfg = preset(args.preset)
-    cfg.data.dataset = str(BCCD)
+    from fcosdet.config import load_config
+    cfg = load_config(args.preset, args.set)
+    cfg.data.dataset = str(args.data)
+    cfg.train.device, cfg.train.seed = args.device, args.seed
     cfg.model.fpn_channels = cfg.model.feat_channels = args.width
     cfg.data.scale, cfg.data.multiscale_short = (448, 320), None
-    cfg.data.batch_size, cfg.data.workers = 4, 2
+    cfg.data.batch_size, cfg.data.workers = 4, args.workers
     cfg.train.epochs, cfg.train.eval_interval = args.epochs, args.epochs
     cfg.train.lr, cfg.train.base_batch = 0.01, 4
     cfg.train.schedule, cfg.train.warmup, cfg.train.warmup_iters = "cosine", "linear", 100
@@ -69,15 +70,19 @@ def _torchvision_model(num_classes: int, width: int) -> nn.Module:
 def run_torchvision(args) -> dict:
     from fcosdet.data import DetectionDataset, build_loader, build_transforms, load_dataset_spec
     from fcosdet.engine.optim import WarmupSchedule, build_optimizer
-    torch.manual_seed(0)
-    train_split, val_split = load_dataset_spec(BCCD, "train"), load_dataset_spec(BCCD, "val")
+    torch.manual_seed(args.seed)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if args.device == "auto" else args.device)
+    train_split, val_split = load_dataset_spec(args.data, "train"), load_dataset_spec(args.data, "val")
     # fcosdet's loader resizes (to the size torchvision's transform keeps) and flips; the
     # model's own transform normalises again from [0, 1] pixels
     tf = build_transforms(train=True, scale=(448, 320), flip_prob=0.5, normalize="pytorch")
     mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
-    loader = build_loader(DetectionDataset(train_split, transforms=tf), batch_size=4, shuffle=True, num_workers=2)
-    model = _torchvision_model(len(train_split.class_names), args.width)
+    loader = build_loader(DetectionDataset(train_split, transforms=tf), batch_size=4, shuffle=True,
+                          num_workers=args.workers)
+    model = _torchvision_model(len(train_split.class_names), args.width).to(device)
+    mean, std = mean.to(device), std.to(device)
     opt = build_optimizer(model, lr=0.01, bias_lr_mult=1.0, bias_decay_mult=1.0)
     total = args.epochs * len(loader)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, WarmupSchedule(
@@ -86,6 +91,7 @@ def run_torchvision(args) -> dict:
     for epoch in range(args.epochs):
         model.train()
         for batch in loader:
+            batch = batch.to(device, non_blocking=True)
             images = [(im * std + mean)[:, : t["img_size"][0], : t["img_size"][1]]
                       for im, t in zip(batch.images, batch.targets)]
             targets = [{"boxes": t["boxes"], "labels": t["labels"] + 1} for t in batch.targets]
@@ -98,27 +104,29 @@ def run_torchvision(args) -> dict:
             sched.step()
         print(f"torchvision epoch {epoch + 1}/{args.epochs} loss {loss.item():.3f} "
               f"{time.perf_counter() - start:.0f} s", flush=True)
-    metrics = _evaluate_torchvision(model, val_split, mean, std)
+    metrics = _evaluate_torchvision(model, val_split, mean, std, args.workers)
     return {"metrics": metrics, "seconds": time.perf_counter() - start}  # training + evaluation, as fcosdet's
 
 
 @torch.no_grad()
-def _evaluate_torchvision(model, split, mean, std) -> dict:
+def _evaluate_torchvision(model, split, mean, std, workers: int) -> dict:
     from fcosdet.data import DetectionDataset, build_loader, build_transforms
     from fcosdet.engine.evaluator import CocoEvaluator
     model.eval()
     model.score_thresh, model.nms_thresh, model.detections_per_img = 0.05, 0.6, 100
     tf = build_transforms(train=False, scale=(448, 320), normalize="pytorch")
-    loader = build_loader(DetectionDataset(split, transforms=tf), batch_size=4, shuffle=False, num_workers=2)
+    loader = build_loader(DetectionDataset(split, transforms=tf), batch_size=4, shuffle=False, num_workers=workers)
     ev = CocoEvaluator(records=split.records, class_names=split.class_names)
     for batch in loader:
+        batch = batch.to(mean.device)
         images = [(im * std + mean)[:, : t["img_size"][0], : t["img_size"][1]]
                   for im, t in zip(batch.images, batch.targets)]
         for t, d in zip(batch.targets, model(images)):
             (h, w), (oh, ow) = t["img_size"], t["orig_size"]
-            boxes = d["boxes"] * d["boxes"].new_tensor([ow / w, oh / h, ow / w, oh / h])  # (D, 4) original pixels
-            ev.process([{"image_id": t["image_id"], "boxes": boxes, "scores": d["scores"],
-                         "labels": d["labels"] - 1}])
+            keep = d["labels"] > 0  # label 0 is torchvision's unused background class
+            boxes = d["boxes"][keep] * d["boxes"].new_tensor([ow / w, oh / h, ow / w, oh / h])  # (D, 4) original pixels
+            ev.process([{"image_id": t["image_id"], "boxes": boxes.cpu(), "scores": d["scores"][keep].cpu(),
+                         "labels": d["labels"][keep].cpu() - 1}])
     return ev.evaluate()
 
 
@@ -126,7 +134,8 @@ def run_parallel(args) -> dict:
     """Both models at once, each in a child process with one thread; returns the merged JSON."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     common = [sys.executable, __file__, "--epochs", str(args.epochs), "--preset", args.preset,
-              "--width", str(args.width)]
+              "--width", str(args.width), "--data", str(args.data), "--device", args.device,
+              "--workers", str(args.workers), "--seed", str(args.seed)] + [f"--set={s}" for s in args.set]
     with tempfile.TemporaryDirectory() as tmp:
         outs = [Path(tmp) / "fcosdet.json", Path(tmp) / "torchvision.json"]
         keep = ["--run-dir", str(args.run_dir)] if args.run_dir else []
@@ -148,6 +157,12 @@ def _figures(name: str, run: dict) -> dict:
             f"{name}_per_class": {k: v if v is None else round(v, 4) for k, v in m["per_class"].items()}}
 
 
+def _device_name(device: str) -> str:
+    if device == "cpu" or not torch.cuda.is_available():
+        return f"cpu ({os.cpu_count()} cores)"
+    return torch.cuda.get_device_name(torch.device("cuda" if device == "auto" else device))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=24)
@@ -158,10 +173,16 @@ def main() -> None:
     ap.add_argument("--run-dir", type=Path, help="keep fcosdet's run folder (log, metrics) here")
     ap.add_argument("--out", type=Path, help="also write the JSON result to this file")
     ap.add_argument("--parallel", action="store_true", help="train both models at once, one thread each")
+    ap.add_argument("--data", type=Path, default=BCCD, help="the bccd folder (default ../shared/data/bccd)")
+    ap.add_argument("--device", default="auto", help="auto (a GPU when there is one) | cpu | cuda | cuda:N")
+    ap.add_argument("--workers", type=int, default=2, help="data loader processes per model")
+    ap.add_argument("--seed", type=int, default=0, help="seed of both models' initialisation and data order")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a key of fcosdet's preset (repeatable), e.g. model.center_sampling=true")
     args = ap.parse_args()
-    torch.manual_seed(0)
     result = {"benchmark": "bccd_vs_torchvision", "epochs": args.epochs, "preset": args.preset,
-              "width": args.width, "parallel": args.parallel}
+              "seed": args.seed, "sets": args.set, "width": args.width, "parallel": args.parallel,
+              "device": _device_name(args.device)}
     if args.parallel:
         result.update(run_parallel(args), parallel=True)
     if not args.skip_fcosdet and not args.parallel:

@@ -35,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--out", type=Path, help="write metrics.json and detections.json here")
     e.add_argument("--batch-size", type=int, default=2)
     e.add_argument("--workers", type=int, default=2)
+    e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="change a test setting, e.g. --set test.nms_iou=0.6 (test.* keys; repeatable)")
 
     pr = sub.add_parser("predict", help="detect objects in images or folders")
     pr.add_argument("checkpoint", type=Path)
@@ -68,7 +70,8 @@ def run(argv: list[str] | None = None) -> int:
         commands.train(cfg, run_dir=args.run_dir, resume=args.resume, overwrite=args.overwrite)
     elif args.command == "eval":
         commands.evaluate_checkpoint(args.checkpoint, dataset=args.data, split=args.split,
-                                     out_dir=args.out, batch_size=args.batch_size, workers=args.workers)
+                                     out_dir=args.out, batch_size=args.batch_size, workers=args.workers,
+                                     test_sets=args.set)
     elif args.command == "predict":
         commands.predict(args.checkpoint, args.sources, out_dir=args.out, score_thr=args.score_thr,
                          draw_thr=args.draw_thr)

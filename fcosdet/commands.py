@@ -11,7 +11,7 @@ import torch
 
 from . import distributed as D
 from .build import build_criterion, build_model, build_postprocessor
-from .config import Config, save_config
+from .config import Config, apply_overrides, parse_sets, save_config
 from .data import (DetectionDataset, build_loader, build_transforms, load_dataset_spec, summarize_problems,
                    verify_images)
 from .data.records import DatasetSplit
@@ -154,7 +154,7 @@ def train(cfg: Config, *, run_dir: Path, resume: bool = False, overwrite: bool =
             save_metrics(metrics, run_dir / "metrics.json")
 
     say(f"training {len(b.train_loader.dataset)} images, {cfg.train.epochs} epochs, "
-        f"{len(b.train_loader)} iterations per epoch on {device} x{D.world_size()} -> {run_dir}")
+        f"{len(b.train_loader)} iterations per epoch on {device} x{D.world_size()}{D.backend_note()} -> {run_dir}")
     try:
         fit(b.ctx, state, train_loader=b.train_loader, val_loader=b.val_loader,
             postprocessor=b.postprocessor, evaluator=evaluator, epochs=cfg.train.epochs,
@@ -170,11 +170,17 @@ def train(cfg: Config, *, run_dir: Path, resume: bool = False, overwrite: bool =
 
 
 def evaluate_checkpoint(checkpoint: Path, *, dataset: str | None, split: str, out_dir: Path | None,
-                        batch_size: int = 2, workers: int = 2) -> dict[str, Any]:
+                        batch_size: int = 2, workers: int = 2, test_sets: list[str] = ()) -> dict[str, Any]:
+    """COCO metrics of a checkpoint; `test_sets` ("test.nms_iou=0.6") change the test settings."""
     from .predictor import config_from_checkpoint
+    overrides = parse_sets(list(test_sets))
+    for key in overrides:
+        if not key.startswith("test."):
+            raise UserError(f"eval --set takes test.* keys (test.nms_iou, test.score_thr, test.max_per_img, "
+                            f"...), got {key!r}: the model's other settings come from the checkpoint")
     device = D.init_from_env("auto")
     state = load_checkpoint(checkpoint)
-    cfg = config_from_checkpoint(state)
+    cfg = apply_overrides(config_from_checkpoint(state), overrides)
     cfg.data.dataset = dataset or cfg.data.dataset
     cfg.data.batch_size, cfg.data.workers, cfg.model.backbone_weights = batch_size, workers, None
     data = load_split(cfg, split)

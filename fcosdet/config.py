@@ -273,13 +273,18 @@ def load_config(source: str, sets: list[str] | None = None) -> Config:
         apply_overrides(cfg, flatten_dict(raw))
     else:
         cfg = preset(source)
+    return apply_overrides(cfg, parse_sets(sets or []))
+
+
+def parse_sets(sets: list[str]) -> dict[str, Any]:
+    """`--set key=value` strings -> {key: value}, values parsed as YAML."""
     overrides = {}
-    for item in sets or []:
+    for item in sets:
         if "=" not in item:
             raise UserError(f"--set {item!r} needs the form key=value, e.g. --set train.lr=0.005")
         key, value = item.split("=", 1)
         overrides[key.strip()] = yaml.safe_load(value)
-    return apply_overrides(cfg, overrides)
+    return overrides
 
 
 def save_config(cfg: Config, path: Path) -> None:

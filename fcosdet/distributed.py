@@ -49,7 +49,9 @@ def init_from_env(device: str = "auto", *, timeout_s: float = 600.0) -> torch.de
     if device.startswith("cuda") and not torch.cuda.is_available():
         from .errors import UserError
         raise UserError(f"train.device is {device!r} but no CUDA GPU is visible; use train.device=cpu")
-    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not is_distributed():
+    # torchrun sets TORCHELASTIC_RUN_ID: a 1-worker launch joins a process group too
+    launched = int(os.environ.get("WORLD_SIZE", 1)) > 1 or "TORCHELASTIC_RUN_ID" in os.environ
+    if launched and not is_distributed():
         os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
         dist.init_process_group("nccl" if use_cuda else "gloo",
                                 timeout=datetime.timedelta(seconds=timeout_s))
@@ -58,6 +60,11 @@ def init_from_env(device: str = "auto", *, timeout_s: float = 600.0) -> torch.de
     index = local_rank if is_distributed() else (torch.device(device).index or 0 if device != "auto" else 0)
     torch.cuda.set_device(index)
     return torch.device("cuda", index)
+
+
+def backend_note() -> str:
+    """' (nccl)' / ' (gloo)' when in a process group, '' when alone."""
+    return f" ({dist.get_backend()})" if is_distributed() else ""
 
 
 def barrier() -> None:

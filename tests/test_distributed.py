@@ -43,6 +43,18 @@ def _train_args(data: Path, run_dir: Path, *extra: str) -> list[str]:
             "--set", "data.batch_size=2", "--set", "data.workers=0", "--set", "train.log_interval=1", *extra]
 
 
+def test_one_worker_launch_joins_a_process_group(tmp_path, shared_data):
+    """torchrun with one worker (one GPU) still forms a process group (NCCL on a GPU, gloo here)."""
+    run_dir = tmp_path / "run"
+    args = _train_args(shared_data / "bccd", run_dir, "--set", "train.epochs=1", "--set", "train.max_iters=1")
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1"]
+    proc = subprocess.run([*launch, "--no-python", sys.executable, *args],
+                          env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "on cpu x1 (gloo)" in proc.stdout
+    assert (run_dir / "last.pt").is_file()
+
+
 def _voc_yaml(tmp_path: Path, shared_data: Path) -> Path:
     data = tmp_path / "voc.yaml"
     data.write_text(f"format: voc\nroot: {shared_data / 'bccd'}\ntrain: val\nval: test\n")
@@ -59,7 +71,7 @@ def test_distributed_training_and_evaluation(tmp_path, shared_data):
     assert sorted(p.name for p in run_dir.glob("*.pt")) == ["best.pt", "last.pt"]
     log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     assert [r["iter"] for r in log if "loss" in r] == [1, 2, 3]  # one writer, not two
-    assert proc.stdout.count("training ") == 1
+    assert proc.stdout.count("training ") == 1 and "on cpu x2 (gloo)" in proc.stdout
     dist_metrics = json.loads((run_dir / "metrics.json").read_text())
     # the same checkpoint evaluated by one process gives the same mAP
     single = subprocess.run([sys.executable, "-m", "fcosdet.cli", "eval", str(run_dir / "last.pt"),
