@@ -43,6 +43,12 @@ def test_train_eval_resume_predict_on_bccd(tmp_path, shared_data, capsys):
     out = tmp_path / "eval"
     ev = cli(["eval", str(run_dir / "last.pt"), "--split", "val", "--out", str(out)])
     assert ev == 0 and (out / "metrics.json").is_file() and (out / "detections.json").is_file()
+    # test settings change at evaluation: every score kept, one detection per image
+    cli(["eval", str(run_dir / "last.pt"), "--out", str(tmp_path / "ev1"), "--set", "test.score_thr=0",
+         "--set", "test.max_per_img=1"])
+    per_image = [d["image_id"] for d in json.loads((tmp_path / "ev1" / "detections.json").read_text())]
+    val_ids = [im["id"] for im in json.loads((shared_data / "bccd" / "val.json").read_text())["images"]]
+    assert sorted(per_image) == sorted(val_ids)
 
     images = sorted((shared_data / "bccd" / "images").iterdir())[:2]
     pred_dir = tmp_path / "pred"
@@ -91,7 +97,9 @@ def test_existing_run_dir_is_not_overwritten_and_errors_are_one_line(tmp_path, s
                  ["train", "fcos_r18_cpu", "--set", "train.nope=1", "--data", "x"],
                  ["train", "fcos_r18_cpu", "--set", "train.schedule=cosin", "--data", "x"],
                  ["train", "fcos_r18_cpu", "--set", "train.optimizer=adam", "--data", "x"],
-                 ["eval", str(tmp_path / "none.pt")]):
+                 ["eval", str(tmp_path / "none.pt")],
+                 ["eval", str(tmp_path / "none.pt"), "--set", "model.depth=50"],
+                 ["eval", str(tmp_path / "none.pt"), "--set", "test.nms_iou"]):
         with pytest.raises(SystemExit) as exit_info:
             main(argv + ["--run-dir", str(tmp_path / "r2")] if argv[0] == "train" else argv)
         assert exit_info.value.code == 2
