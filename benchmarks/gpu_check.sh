@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU checks in one go, for a machine with one CUDA GPU (no internet needed):
-#   1. `fcosdet train` launched by torchrun on 1 GPU: the process group is NCCL, and the
-#      training throughput (images/s) at fp32 and bf16, ResNet-18 FPN-256, 320x448, batch 16;
+#   1. batch vs per-image target assignment on the GPU; `fcosdet train` launched by torchrun
+#      on 1 GPU: the process group is NCCL, and the training throughput (images/s) at fp32 and
+#      bf16, ResNet-18 FPN-256, 320x448, batch 16;
 #   2. the bccd side-by-side benchmark (24 epochs, width 256) for both presets and torchvision's
 #      FCOS, plus the baseline with one trick of the improved preset at a time, all at once.
 # usage: [PHASES="throughput bench"] bash benchmarks/gpu_check.sh BCCD_DIR OUT_DIR [EPOCHS] [BENCH_TIMEOUT_S]
@@ -23,6 +24,7 @@ throughput() {  # $1: name, then --set overrides
 print('$name', 'images/s (epoch 2):', round(r[-1]['images_per_s'], 1))" | tee -a "$OUT/gpu.txt"
 }
 if [[ $PHASES == *throughput* ]]; then
+  $PY benchmarks/assign_batch.py --device "${DEVICE:-cuda}" --data "$DATA" | tee -a "$OUT/gpu.txt"
   throughput fp32
   throughput bf16 --set train.amp=bf16
 fi

@@ -21,8 +21,8 @@ from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
 from .boxes import aligned_iou, distance2bbox
 from .distributed import reduce_mean
-from .targets import (DEFAULT_REGRESS_RANGES, DEFAULT_STRIDES, anchor_points, assign_targets,
-                      centerness_target)
+from .targets import (DEFAULT_REGRESS_RANGES, DEFAULT_STRIDES, anchor_points, assign_targets_batch,
+                      centerness_target, level_grids)
 
 
 def _flatten_levels(per_level: Sequence[Tensor]) -> Tensor:
@@ -34,11 +34,9 @@ def _batch_targets(points: list[Tensor], gt_boxes: Sequence[Tensor], gt_labels: 
                    *, num_classes: int, strides: Sequence[int], norm_on_bbox: bool,
                    **assign_kw) -> tuple[Tensor, Tensor]:
     """Targets of every image, laid out like `_flatten_levels`: labels (M,), bbox_targets (M, 4)."""
-    per_image = [assign_targets(points, b, l, num_classes=num_classes, strides=strides, **assign_kw)
-                 for b, l in zip(gt_boxes, gt_labels)]
+    labels, targets = assign_targets_batch(points, gt_boxes, gt_labels, num_classes=num_classes,
+                                           strides=strides, **assign_kw)  # (B, P), (B, P, 4)
     sizes = [p.size(0) for p in points]
-    labels = torch.stack([lab for lab, _ in per_image])  # (B, P)
-    targets = torch.stack([t for _, t in per_image])  # (B, P, 4)
     flat_labels, flat_targets = [], []
     for lab, tgt, stride in zip(labels.split(sizes, 1), targets.split(sizes, 1), strides):
         flat_labels.append(lab.reshape(-1))  # (B * HW,)
@@ -59,10 +57,11 @@ def fcos_loss(cls_scores: Sequence[Tensor], bbox_preds: Sequence[Tensor],
     if bbox_loss not in ("iou", "giou"):
         raise ValueError(f"bbox_loss must be 'iou' or 'giou', got {bbox_loss!r}")
     device = bbox_preds[0].device
-    points = anchor_points([x.shape[-2:] for x in cls_scores], strides, device=device)
+    sizes = [tuple(x.shape[-2:]) for x in cls_scores]
+    points = anchor_points(sizes, strides, device=device)
     labels, bbox_targets = _batch_targets(
         points, gt_boxes, gt_labels, num_classes=num_classes, strides=strides,
-        norm_on_bbox=norm_on_bbox, regress_ranges=regress_ranges,
+        norm_on_bbox=norm_on_bbox, regress_ranges=regress_ranges, grids=level_grids(sizes, strides),
         center_sampling=center_sampling, center_sample_radius=center_sample_radius)
     num_images = cls_scores[0].size(0)
     flat_cls = _flatten_levels(cls_scores).float()  # (M, C)

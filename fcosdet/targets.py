@@ -36,6 +36,11 @@ def anchor_points(featmap_sizes: Sequence[Sequence[int]], strides: Sequence[int]
     return points
 
 
+def level_grids(featmap_sizes: Sequence[Sequence[int]], strides: Sequence[int]) -> list[tuple[int, int, float, float]]:
+    """Per level, (H, W, x0, y0) of the points `anchor_points` makes: x0 = y0 = stride // 2."""
+    return [(int(h), int(w), float(s // 2), float(s // 2)) for (h, w), s in zip(featmap_sizes, strides)]
+
+
 def centerness_target(bbox_targets: Tensor) -> Tensor:
     """sqrt(min(l,r)/max(l,r) * min(t,b)/max(t,b)) for (N, 4) (l, t, r, b) targets -> (N,)."""
     left_right = bbox_targets[:, [0, 2]]  # (N, 2)
@@ -43,56 +48,6 @@ def centerness_target(bbox_targets: Tensor) -> Tensor:
     ratio = (left_right.min(dim=-1).values / left_right.max(dim=-1).values) * (
         top_bottom.min(dim=-1).values / top_bottom.max(dim=-1).values)
     return torch.sqrt(ratio)
-
-
-def _level_pairs(grid: tuple[int, int, float, float], stride: int, start: int, boxes: Tensor,
-                 box_ids: Tensor) -> tuple[Tensor, Tensor]:
-    """All (point index, box index) pairs whose grid cell may lie inside the box on one level.
-
-    grid = (H, W, x0, y0), the level's size and its first point. The window is widened by one
-    cell on each side so that float rounding can never drop a point the exact test accepts;
-    the exact test filters the extra cells out.
-    """
-    grid_h, grid_w, x0, y0 = grid
-    sub = boxes[box_ids]  # (g, 4)
-    j0 = torch.floor((sub[:, 0] - x0) / stride).long().clamp(0, grid_w - 1)  # (g,)
-    j1 = torch.ceil((sub[:, 2] - x0) / stride).long().clamp(0, grid_w - 1)
-    i0 = torch.floor((sub[:, 1] - y0) / stride).long().clamp(0, grid_h - 1)
-    i1 = torch.ceil((sub[:, 3] - y0) / stride).long().clamp(0, grid_h - 1)
-    nx, ny = j1 - j0 + 1, i1 - i0 + 1  # (g,) window width and height in cells
-    counts = nx * ny  # (g,)
-    pair_box = torch.repeat_interleave(torch.arange(len(sub), device=boxes.device), counts)  # (k,)
-    first = torch.cumsum(counts, 0) - counts  # (g,) offset of each box's first pair
-    local = torch.arange(pair_box.numel(), device=boxes.device) - first[pair_box]  # (k,)
-    jj = j0[pair_box] + local % nx[pair_box]
-    ii = i0[pair_box] + torch.div(local, nx[pair_box], rounding_mode="floor")
-    return start + ii * grid_w + jj, box_ids[pair_box]  # (k,), (k,)
-
-
-def _candidate_pairs(grids: list[tuple[int, int, float, float]], strides: Sequence[int],
-                     regress_ranges: Sequence[Sequence[float]], boxes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(point index, box index, level) for every pair that could pass the reference's tests.
-
-    For a point strictly inside a box, max(l, t, r, b) >= max(w, h) / 2 and <= max(w, h); a box
-    whose half longer side exceeds a level's upper range (or whose longer side is below its
-    lower range) can never match there. One pixel of slack keeps the pruning conservative.
-    """
-    side = torch.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])  # (G,)
-    pids, gids, lvls, start = [], [], [], 0
-    for lvl, (grid, stride, (lo, hi)) in enumerate(zip(grids, strides, regress_ranges)):
-        h, w = grid[0], grid[1]
-        ok = (side / 2 <= hi + 1) & (side >= lo - 1)  # (G,)
-        box_ids = ok.nonzero().squeeze(1)  # (g,)
-        if box_ids.numel() and h * w:
-            p, g = _level_pairs(grid, stride, start, boxes, box_ids)
-            pids.append(p)
-            gids.append(g)
-            lvls.append(torch.full_like(p, lvl))
-        start += h * w
-    if not pids:
-        empty = boxes.new_zeros((0,), dtype=torch.long)
-        return empty, empty, empty
-    return torch.cat(pids), torch.cat(gids), torch.cat(lvls)
 
 
 def _distances(points: Tensor, boxes: Tensor) -> Tensor:
@@ -126,40 +81,117 @@ def assign_targets(points: Sequence[Tensor], gt_boxes: Tensor, gt_labels: Tensor
     Returns labels (P,) with background = num_classes, and bbox_targets (P, 4) as (l, t, r, b)
     pixel distances to the assigned box (for background points: to box 0, as the reference).
     """
+    labels, targets = assign_targets_batch(
+        points, [gt_boxes], [gt_labels], num_classes=num_classes, strides=strides,
+        regress_ranges=regress_ranges, center_sampling=center_sampling,
+        center_sample_radius=center_sample_radius)
+    return labels[0], targets[0]
+
+
+@torch.no_grad()
+def assign_targets_batch(points: Sequence[Tensor], gt_boxes: Sequence[Tensor], gt_labels: Sequence[Tensor], *,
+                         num_classes: int,
+                         strides: Sequence[int] = DEFAULT_STRIDES,
+                         regress_ranges: Sequence[Sequence[float]] = DEFAULT_REGRESS_RANGES,
+                         center_sampling: bool = False,
+                         center_sample_radius: float = 1.5,
+                         grids: Sequence[tuple[int, int, float, float]] | None = None) -> tuple[Tensor, Tensor]:
+    """`assign_targets` for B images at once: labels (B, P) and bbox_targets (B, P, 4).
+
+    One pass over the boxes of all images (B0 boxes then B1 boxes ...): on a GPU it waits for
+    the device once (the size of the candidate pairs), where a per-image loop waits dozens of
+    times. `grids`, each level's (H, W, x0, y0), saves reading them back from `points`.
+    """
     if len(points) != len(strides) or len(points) != len(regress_ranges):
         raise ValueError(f"got {len(points)} levels of points, {len(strides)} strides and "
                          f"{len(regress_ranges)} regress ranges; they must match")
     all_points = torch.cat(list(points), dim=0)  # (P, 2)
-    num_points = all_points.size(0)
-    labels = gt_labels.new_full((num_points,), num_classes)  # (P,)
-    if gt_boxes.numel() == 0:
-        return labels, all_points.new_zeros((num_points, 4))
-    gt_boxes = gt_boxes.to(all_points.dtype)
-    bbox_targets = _distances(all_points, gt_boxes[:1].expand(num_points, 4))  # (P, 4) towards box 0
-    grids = [_level_grid(p) for p in points]
-    pid, gid, lvl = _candidate_pairs(grids, strides, regress_ranges, gt_boxes)  # (K,) each
-    dist = _distances(all_points[pid], gt_boxes[gid])  # (K, 4)
+    num_images, num_points, device = len(gt_boxes), all_points.size(0), all_points.device
+    counts = [b.shape[0] for b in gt_boxes]  # boxes per image
+    boxes = torch.cat([b.reshape(-1, 4) for b in gt_boxes]).to(all_points.dtype)  # (G, 4) all images
+    box_labels = torch.cat([lab.reshape(-1) for lab in gt_labels])  # (G,)
+    background = _background_targets(all_points, boxes, counts)  # (B, P, 4)
+    labels = box_labels.new_full((num_images, num_points), num_classes)  # (B, P)
+    if boxes.numel() == 0:
+        return labels, background
+    image_of_box = torch.repeat_interleave(torch.arange(num_images, device=device),
+                                           torch.tensor(counts, device=device), output_size=len(boxes))  # (G,)
+    grids = list(grids) if grids is not None else [_level_grid(p) for p in points]
+    pid, gid, lvl = _candidate_pairs(grids, strides, regress_ranges, boxes)  # (K,) each
+    dist = _distances(all_points[pid], boxes[gid])  # (K, 4)
     if center_sampling:
         radius = all_points.new_tensor([s * center_sample_radius for s in strides])[lvl]  # (K,)
-        inside = _inside_center_region(all_points[pid], gt_boxes[gid], radius)
+        inside = _inside_center_region(all_points[pid], boxes[gid], radius)
     else:
         inside = dist.min(dim=-1).values > 0
     ranges = all_points.new_tensor(regress_ranges)[lvl]  # (K, 2)
     max_dist = dist.max(dim=-1).values  # (K,)
-    areas = (gt_boxes[:, 2] - gt_boxes[:, 0]) * (gt_boxes[:, 3] - gt_boxes[:, 1])  # (G,)
-    ok = inside & (max_dist >= ranges[:, 0]) & (max_dist <= ranges[:, 1]) & (areas[gid] < INF)
-    pid, gid = pid[ok], gid[ok]
-    # Rank boxes by (area, index): the smallest rank per point is the reference's argmin.
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])  # (G,)
+    ok = inside & (max_dist >= ranges[:, 0]) & (max_dist <= ranges[:, 1]) & (areas[gid] < INF)  # (K,)
+    # Rank boxes by (area, index): the smallest rank per point is the reference's argmin; a
+    # point's pairs all hold boxes of its own image, so one global ranking serves every image.
+    num_boxes = len(boxes)
     order = torch.sort(areas, stable=True).indices  # (G,) rank -> box
     rank = torch.empty_like(order)
-    rank[order] = torch.arange(order.numel(), device=order.device)  # (G,) box -> rank
-    best = torch.full((num_points,), order.numel(), dtype=torch.long, device=all_points.device)
-    best.scatter_reduce_(0, pid, rank[gid], reduce="amin")  # (P,)
-    pos = (best < order.numel()).nonzero().squeeze(1)  # (N,)
-    chosen = order[best[pos]]  # (N,) box index of each positive point
-    labels[pos] = gt_labels[chosen]
-    bbox_targets[pos] = _distances(all_points[pos], gt_boxes[chosen])
-    return labels, bbox_targets
+    rank[order] = torch.arange(num_boxes, device=device)  # (G,) box -> rank
+    best = torch.full((num_images * num_points,), num_boxes, dtype=torch.long, device=device)
+    best.scatter_reduce_(0, image_of_box[gid] * num_points + pid,
+                         torch.where(ok, rank[gid], num_boxes), reduce="amin")  # (B*P,)
+    pos = best < num_boxes  # (B*P,)
+    chosen = order[best.clamp(max=num_boxes - 1)]  # (B*P,) box of each point (any, where not pos)
+    assigned = _distances(all_points.repeat(num_images, 1), boxes[chosen])  # (B*P, 4)
+    labels = torch.where(pos, box_labels[chosen], labels.reshape(-1)).view(num_images, num_points)
+    targets = torch.where(pos[:, None], assigned, background.reshape(-1, 4)).view(num_images, num_points, 4)
+    return labels, targets
+
+
+def _background_targets(all_points: Tensor, boxes: Tensor, counts: Sequence[int]) -> Tensor:
+    """The reference's targets of unmatched points: distances to the image's box 0 (zeros
+    for an image without boxes) -> (B, P, 4)."""
+    num_points = all_points.size(0)
+    firsts = [sum(counts[:i]) for i, n in enumerate(counts) if n]  # each non-empty image's box 0
+    out = all_points.new_zeros((len(counts), num_points, 4))  # (B, P, 4)
+    if firsts:
+        box0 = boxes[firsts]  # (B', 4)
+        rows = [i for i, n in enumerate(counts) if n]
+        out[rows] = _distances(all_points.repeat(len(rows), 1),
+                               box0.repeat_interleave(num_points, dim=0)).view(len(rows), num_points, 4)
+    return out
+
+def _candidate_pairs(grids: Sequence[tuple[int, int, float, float]], strides: Sequence[int],
+                     regress_ranges: Sequence[Sequence[float]], boxes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(point index within its image, box index, level) of every pair that could pass the
+    reference's tests, for all levels at once -> (K,) each.
+
+    grids[l] = (H, W, x0, y0), level l's size and first point. On each level a box gets the
+    window of grid cells its extent covers, widened by one cell on each side so that float
+    rounding can never drop a point the exact test accepts (the exact test filters the extra
+    cells out). For a point strictly inside a box, max(l, t, r, b) >= max(w, h) / 2 and
+    <= max(w, h): a box whose half longer side exceeds a level's upper range (or whose longer
+    side is below its lower range) can never match there; one pixel of slack keeps this safe.
+    """
+    def column(values: Sequence[float], dtype: torch.dtype = boxes.dtype) -> Tensor:
+        return torch.tensor(list(values), dtype=dtype, device=boxes.device).view(-1, 1)  # (L, 1)
+
+    h, w = column([g[0] for g in grids], torch.long), column([g[1] for g in grids], torch.long)
+    x0, y0, stride = column([g[2] for g in grids]), column([g[3] for g in grids]), column(strides)
+    lo, hi = column([r[0] for r in regress_ranges]), column([r[1] for r in regress_ranges])
+    side = torch.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])  # (G,)
+    ok = (side / 2 <= hi + 1) & (side >= lo - 1) & (h * w > 0)  # (L, G)
+    j0 = torch.floor((boxes[:, 0] - x0) / stride).long().clamp(min=0).minimum(w - 1)  # (L, G)
+    j1 = torch.ceil((boxes[:, 2] - x0) / stride).long().clamp(min=0).minimum(w - 1)
+    i0 = torch.floor((boxes[:, 1] - y0) / stride).long().clamp(min=0).minimum(h - 1)
+    i1 = torch.ceil((boxes[:, 3] - y0) / stride).long().clamp(min=0).minimum(h - 1)
+    nx, ny = (j1 - j0 + 1).reshape(-1), (i1 - i0 + 1).reshape(-1)  # (L*G,) window size in cells
+    counts = torch.where(ok.reshape(-1), nx * ny, 0)  # (L*G,)
+    window = torch.repeat_interleave(torch.arange(counts.numel(), device=boxes.device), counts)  # (K,)
+    first = torch.cumsum(counts, 0) - counts  # (L*G,) offset of each window's first pair
+    local = torch.arange(window.numel(), device=boxes.device) - first[window]  # (K,)
+    jj = j0.reshape(-1)[window] + local % nx[window]  # (K,)
+    ii = i0.reshape(-1)[window] + torch.div(local, nx[window], rounding_mode="floor")
+    lvl, gid = torch.div(window, len(boxes), rounding_mode="floor"), window % len(boxes)  # (K,)
+    start = torch.cumsum(h * w, 0).view(-1) - (h * w).view(-1)  # (L,) first point of each level
+    return start[lvl] + ii * w.view(-1)[lvl] + jj, gid, lvl
 
 
 def _level_grid(level_points: Tensor) -> tuple[int, int, float, float]:

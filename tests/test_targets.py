@@ -4,7 +4,7 @@ import torch
 from dense_reference import dense_assign
 from fcosdet.boxes import aligned_iou, distance2bbox
 from fcosdet.targets import (DEFAULT_REGRESS_RANGES, DEFAULT_STRIDES, anchor_points,
-                             assign_targets, centerness_target)
+                             assign_targets, assign_targets_batch, centerness_target, level_grids)
 
 S, R = DEFAULT_STRIDES, DEFAULT_REGRESS_RANGES
 
@@ -112,6 +112,30 @@ def test_matches_dense_oracle_on_random_crowded_images():
                                center_sampling=cs)
             assert torch.equal(ours[0], ref[0])
             assert torch.equal(ours[1], ref[1])
+
+
+def test_batch_assignment_equals_the_dense_oracle_image_by_image():
+    """Images of 0, 1, 7, 40 and 150 boxes (an empty one between others) in one call, with and
+    without center sampling and with the grids given from the feature sizes, equal the dense
+    oracle run on each image alone (labels and every target, background ones included)."""
+    torch.manual_seed(1)
+    sizes = [(40, 56), (20, 28), (10, 14), (5, 7), (3, 4)]
+    pts = anchor_points(sizes, S)
+    images = []
+    for g in (7, 0, 40, 1, 150):
+        xy = torch.round(torch.rand(g, 2) * torch.tensor([448.0, 320.0]) / 4) * 4
+        wh = torch.round((torch.rand(g, 2) ** 2 * 400 + 0.5) / 8) * 8 + 1
+        images.append((torch.cat([xy, xy + wh], 1), torch.randint(0, 4, (g,))))
+    boxes, labels = [b for b, _ in images], [lab for _, lab in images]
+    for cs in (False, True):
+        for grids in (None, level_grids(sizes, S)):
+            lab_b, tgt_b = assign_targets_batch(pts, boxes, labels, num_classes=4, center_sampling=cs,
+                                                grids=grids)
+            assert lab_b.shape == (5, 2987) and tgt_b.shape == (5, 2987, 4)
+            for i, (b, lab) in enumerate(images):
+                ref = dense_assign(pts, b, lab, num_classes=4, strides=S, regress_ranges=R, center_sampling=cs)
+                assert torch.equal(lab_b[i], ref[0]) and torch.equal(tgt_b[i], ref[1]), (i, cs)
+    assert (lab_b[1] == 4).all() and (tgt_b[1] == 0).all()  # the image without boxes
 
 
 def test_centerness_target():
