@@ -80,7 +80,7 @@ def run_torchvision(args) -> dict:
     mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
     loader = build_loader(DetectionDataset(train_split, transforms=tf), batch_size=4, shuffle=True,
-                          num_workers=args.workers)
+                          num_workers=args.workers, seed=args.seed)
     model = _torchvision_model(len(train_split.class_names), args.width).to(device)
     mean, std = mean.to(device), std.to(device)
     opt = build_optimizer(model, lr=0.01, bias_lr_mult=1.0, bias_decay_mult=1.0)

@@ -142,7 +142,7 @@ def _cpu(cfg: Config) -> Config:
 def _demo() -> Config:
     """The built-in demo: the synthetic shapes dataset, 192 px images, a few minutes on 2 cores.
 
-    A ResNet-10 and AdamW: from scratch in 448 steps, AdamW learns faster than SGD (AP 0.60 vs
+    A ResNet-10 and AdamW: from scratch in 384 steps, AdamW learns faster than SGD (AP 0.60 vs
     0.53 at 8 epochs) and ResNet-10 costs about half of ResNet-18."""
     cfg = _cpu(_fcos_r50_tricks_1x())
     cfg.model.num_classes = 5
@@ -154,7 +154,7 @@ def _demo() -> Config:
     cfg.data.scale = (192, 192)
     cfg.data.multiscale_short = None
     cfg.data.batch_size = 8
-    cfg.train.epochs = 7
+    cfg.train.epochs = 6  # 7 gave the same AP (0.556 vs 0.555 at epoch 6) in 1.3 min more
     cfg.train.optimizer = "adamw"
     cfg.train.lr = 1e-3
     cfg.train.weight_decay = 0.05

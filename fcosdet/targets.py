@@ -1,14 +1,16 @@
 """FCOS points and target assignment: pure functions, no model, no gradients.
 
-Dimensions: L levels, P points of all levels concatenated, G ground-truth boxes, K candidate
-(point, box) pairs. Boxes are (x1, y1, x2, y2) pixels; labels in [0, C), background = C.
+Dimensions: B images, L levels, P points of all levels concatenated (of one image), G
+ground-truth boxes (of all images in a batch), K candidate (point, box) pairs. Boxes are
+(x1, y1, x2, y2) pixels; labels in [0, C), background = C.
 
 `assign_targets` gives exactly the reference's (mmdet 2.11 FCOSHead._get_target_single)
 labels and regression targets without its (P, G, 4) tensors. A point can only be inside a
 box whose grid window covers it, and a box can only be matched on a level whose regress range
-admits half its longer side, so we enumerate those (point, box) pairs per level (a few hundred
-per box at most) and run the reference's float tests on them alone. Ties go to the smallest
-area, then the lowest box index, as `areas.min(dim=1)` does in the reference.
+admits half its longer side, so we enumerate those (point, box) pairs, for every level and
+every image of a batch at once (a few hundred per box at most), and run the reference's float
+tests on them alone. Ties go to the smallest area, then the lowest box index, as
+`areas.min(dim=1)` does in the reference.
 """
 from __future__ import annotations
 
@@ -157,6 +159,7 @@ def _background_targets(all_points: Tensor, boxes: Tensor, counts: Sequence[int]
         out[rows] = _distances(all_points.repeat(len(rows), 1),
                                box0.repeat_interleave(num_points, dim=0)).view(len(rows), num_points, 4)
     return out
+
 
 def _candidate_pairs(grids: Sequence[tuple[int, int, float, float]], strides: Sequence[int],
                      regress_ranges: Sequence[Sequence[float]], boxes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
