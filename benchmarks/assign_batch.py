@@ -68,8 +68,12 @@ def main() -> None:
         def batched(b):
             return assign_targets_batch(points, *b, num_classes=3, grids=grids)
 
-        same = all(torch.equal(torch.stack([lab for lab, _ in loop(b)]), batched(b)[0]) and
-                   torch.equal(torch.stack([t for _, t in loop(b)]), batched(b)[1]) for b in batches)
+        def agree(b) -> bool:
+            per_image, (labels, targets) = loop(b), batched(b)  # B x ((P,), (P, 4)); (B, P), (B, P, 4)
+            return (torch.equal(torch.stack([lab for lab, _ in per_image]), labels) and
+                    torch.equal(torch.stack([t for _, t in per_image]), targets))
+
+        same = all(agree(b) for b in batches)
         loop_s, batch_s = _time(loop, batches, args.repeat, args.device), _time(batched, batches, args.repeat, args.device)
         result[f"B{batch}"] = {"loop_ms": round(loop_s * 1e3, 2), "batch_ms": round(batch_s * 1e3, 2),
                                "speedup": round(loop_s / batch_s, 2), "identical": same}

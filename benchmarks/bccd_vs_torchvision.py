@@ -69,10 +69,10 @@ def _torchvision_model(num_classes: int, width: int) -> nn.Module:
 
 def run_torchvision(args) -> dict:
     from fcosdet.data import DetectionDataset, build_loader, build_transforms, load_dataset_spec
+    from fcosdet.distributed import init_from_env
     from fcosdet.engine.optim import WarmupSchedule, build_optimizer
     torch.manual_seed(args.seed)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
+    device = init_from_env(args.device)  # fcosdet's rule: auto = the GPU when there is one
     train_split, val_split = load_dataset_spec(args.data, "train"), load_dataset_spec(args.data, "val")
     # fcosdet's loader resizes (to the size torchvision's transform keeps) and flips; the
     # model's own transform normalises again from [0, 1] pixels
@@ -158,9 +158,9 @@ def _figures(name: str, run: dict) -> dict:
 
 
 def _device_name(device: str) -> str:
-    if device == "cpu" or not torch.cuda.is_available():
-        return f"cpu ({os.cpu_count()} cores)"
-    return torch.cuda.get_device_name(torch.device("cuda" if device == "auto" else device))
+    from fcosdet.distributed import init_from_env
+    resolved = init_from_env(device)
+    return torch.cuda.get_device_name(resolved) if resolved.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
 
 
 def main() -> None:

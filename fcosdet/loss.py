@@ -57,7 +57,7 @@ def fcos_loss(cls_scores: Sequence[Tensor], bbox_preds: Sequence[Tensor],
     if bbox_loss not in ("iou", "giou"):
         raise ValueError(f"bbox_loss must be 'iou' or 'giou', got {bbox_loss!r}")
     device = bbox_preds[0].device
-    sizes = [tuple(x.shape[-2:]) for x in cls_scores]
+    sizes = [tuple(x.shape[-2:]) for x in cls_scores]  # L x (H, W)
     points = anchor_points(sizes, strides, device=device)
     labels, bbox_targets = _batch_targets(
         points, gt_boxes, gt_labels, num_classes=num_classes, strides=strides,

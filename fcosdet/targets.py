@@ -112,10 +112,9 @@ def assign_targets_batch(points: Sequence[Tensor], gt_boxes: Sequence[Tensor], g
     counts = [b.shape[0] for b in gt_boxes]  # boxes per image
     boxes = torch.cat([b.reshape(-1, 4) for b in gt_boxes]).to(all_points.dtype)  # (G, 4) all images
     box_labels = torch.cat([lab.reshape(-1) for lab in gt_labels])  # (G,)
-    background = _background_targets(all_points, boxes, counts)  # (B, P, 4)
     labels = box_labels.new_full((num_images, num_points), num_classes)  # (B, P)
     if boxes.numel() == 0:
-        return labels, background
+        return labels, all_points.new_zeros((num_images, num_points, 4))
     image_of_box = torch.repeat_interleave(torch.arange(num_images, device=device),
                                            torch.tensor(counts, device=device), output_size=len(boxes))  # (G,)
     grids = list(grids) if grids is not None else [_level_grid(p) for p in points]
@@ -140,25 +139,15 @@ def assign_targets_batch(points: Sequence[Tensor], gt_boxes: Sequence[Tensor], g
     best.scatter_reduce_(0, image_of_box[gid] * num_points + pid,
                          torch.where(ok, rank[gid], num_boxes), reduce="amin")  # (B*P,)
     pos = best < num_boxes  # (B*P,)
-    chosen = order[best.clamp(max=num_boxes - 1)]  # (B*P,) box of each point (any, where not pos)
-    assigned = _distances(all_points.repeat(num_images, 1), boxes[chosen])  # (B*P, 4)
-    labels = torch.where(pos, box_labels[chosen], labels.reshape(-1)).view(num_images, num_points)
-    targets = torch.where(pos[:, None], assigned, background.reshape(-1, 4)).view(num_images, num_points, 4)
+    # Unmatched points keep the reference's targets: distances to their image's box 0 (zeros
+    # for an image without boxes).
+    box0 = torch.tensor([sum(counts[:i]) if n else 0 for i, n in enumerate(counts)], device=device)  # (B,)
+    chosen = torch.where(pos, order[best.clamp(max=num_boxes - 1)],
+                         box0.repeat_interleave(num_points))  # (B*P,) box of each point
+    labels = torch.where(pos, box_labels[chosen], num_classes).view(num_images, num_points)  # (B, P)
+    targets = _distances(all_points.repeat(num_images, 1), boxes[chosen]).view(num_images, num_points, 4)
+    targets[[i for i, n in enumerate(counts) if not n]] = 0  # (B, P, 4)
     return labels, targets
-
-
-def _background_targets(all_points: Tensor, boxes: Tensor, counts: Sequence[int]) -> Tensor:
-    """The reference's targets of unmatched points: distances to the image's box 0 (zeros
-    for an image without boxes) -> (B, P, 4)."""
-    num_points = all_points.size(0)
-    firsts = [sum(counts[:i]) for i, n in enumerate(counts) if n]  # each non-empty image's box 0
-    out = all_points.new_zeros((len(counts), num_points, 4))  # (B, P, 4)
-    if firsts:
-        box0 = boxes[firsts]  # (B', 4)
-        rows = [i for i, n in enumerate(counts) if n]
-        out[rows] = _distances(all_points.repeat(len(rows), 1),
-                               box0.repeat_interleave(num_points, dim=0)).view(len(rows), num_points, 4)
-    return out
 
 
 def _candidate_pairs(grids: Sequence[tuple[int, int, float, float]], strides: Sequence[int],

@@ -8,6 +8,7 @@ or "gn" (GroupNorm(32), for training from scratch or tiny batches).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -18,7 +19,7 @@ from torchvision.ops import FrozenBatchNorm2d
 from ..errors import UserError
 
 
-def resnet10(*, weights: None = None, norm_layer: type[nn.Module]) -> ResNet:
+def resnet10(*, weights: None = None, norm_layer: Callable[[int], nn.Module]) -> ResNet:
     """torchvision's ResNet with one BasicBlock per stage: a light from-scratch CPU backbone
     (about half of ResNet-18's compute; no published weights exist for it)."""
     return ResNet(BasicBlock, [1, 1, 1, 1], norm_layer=norm_layer)
