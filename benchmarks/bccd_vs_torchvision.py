@@ -69,6 +69,7 @@ def _torchvision_model(num_classes: int, width: int) -> nn.Module:
 
 def run_torchvision(args) -> dict:
     from fcosdet.data import DetectionDataset, build_loader, build_transforms, load_dataset_spec
+    from fcosdet.data.dataset import EpochSampler
     from fcosdet.distributed import init_from_env
     from fcosdet.engine.optim import WarmupSchedule, build_optimizer
     torch.manual_seed(args.seed)
@@ -79,8 +80,10 @@ def run_torchvision(args) -> dict:
     tf = build_transforms(train=True, scale=(448, 320), flip_prob=0.5, normalize="pytorch")
     mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
-    loader = build_loader(DetectionDataset(train_split, transforms=tf), batch_size=4, shuffle=True,
-                          num_workers=args.workers, seed=args.seed)
+    dataset = DetectionDataset(train_split, transforms=tf)
+    sampler = EpochSampler(dataset, seed=args.seed, batch_size=4)  # fcosdet's order: from (seed, epoch)
+    loader = build_loader(dataset, batch_size=4, shuffle=False, num_workers=args.workers, sampler=sampler,
+                          seed=args.seed)
     model = _torchvision_model(len(train_split.class_names), args.width).to(device)
     mean, std = mean.to(device), std.to(device)
     opt = build_optimizer(model, lr=0.01, bias_lr_mult=1.0, bias_decay_mult=1.0)
@@ -90,6 +93,7 @@ def run_torchvision(args) -> dict:
     start = time.perf_counter()
     for epoch in range(args.epochs):
         model.train()
+        sampler.set_epoch(epoch)
         for batch in loader:
             batch = batch.to(device, non_blocking=True)
             images = [(im * std + mean)[:, : t["img_size"][0], : t["img_size"][1]]

@@ -24,7 +24,12 @@ class ModelConfig:
     backbone_norm: Literal["frozen_bn", "bn", "gn"] = "frozen_bn"
     frozen_stages: int = 1
     norm_eval: bool = True
-    backbone_weights: str | None = None  # a torchvision ResNet state_dict on disk
+    # a torchvision ResNet state_dict on disk, or torchvision's enum by name:
+    # "torchvision:ResNet50_Weights.IMAGENET1K_V2" (downloaded into torch.hub.get_dir() when online)
+    backbone_weights: str | None = None
+    # start from these weights (an fcosdet checkpoint or an imported file; see fcosdet.finetune):
+    # backbone, FPN, towers, regression; classification rows kept for classes whose names match
+    init_from: str | None = None
     fpn_channels: int = 256
     feat_channels: int = 256
     stacked_convs: int = 4
@@ -39,6 +44,10 @@ class ModelConfig:
     center_sampling: bool = False
     center_sample_radius: float = 1.5
     bbox_loss: Literal["iou", "giou"] = "iou"  # iou: -log IoU
+    learnable_scale: bool = True  # false: no per-level Scale (torchvision's FCOS)
+    # zero: points at j*stride (torchvision's FCOS); torchvision: also its spacing of
+    # (padded size) // (level size), for exact inference of imported weights (not for training)
+    point_offset: Literal["half_stride", "zero", "torchvision"] = "half_stride"
 
 
 @dataclass
@@ -54,15 +63,21 @@ class TestConfig:
 class DataConfig:
     dataset: str = ""  # a dataset YAML or a folder in COCO / VOC / YOLO layout
     train_split: str = "train"
-    val_split: str = "val"
+    val_split: str = "val"  # "none": train without evaluation (no best.pt)
     scale: tuple[int, int] = (1333, 800)  # (max long side, short side)
     multiscale_short: tuple[int, ...] | None = None  # random short side per image in training
     flip_prob: float = 0.5
+    # training augmentation (fcosdet.data.transforms.DetectionTransform): scale-jitter crop, the
+    # resize factor drawn from [lo, hi] then a crop back to the plain size; photometric distortion
+    crop_scale: tuple[float, float] | None = None
+    photometric_prob: float = 0.0
     # caffe: BGR, 0-255, mean only; pytorch: RGB, /255, mean/std
     normalize: Literal["caffe", "pytorch"] = "caffe"
     batch_size: int = 2  # images per worker
     workers: int = 2
     skip_invalid: bool = False
+    # accept image file names in annotations that leave the dataset folder (absolute or '..')
+    allow_outside_root: bool = False
 
 
 @dataclass
@@ -88,6 +103,11 @@ class TrainConfig:
     sync_bn: bool = False
     log_interval: int = 20
     max_iters: int | None = None  # stop early (smoke runs)
+    # EMA of the weights (fcosdet.engine.ema): evaluated and saved as the model best/last carry
+    ema: bool = False
+    ema_decay: float = 0.999
+    ema_warmup_iters: int = 200  # decay_t = ema_decay * (1 - exp(-t / ema_warmup_iters))
+    checkpoint_interval: int | None = None  # also write last.pt every N iterations (mid-epoch)
 
 
 @dataclass
@@ -164,17 +184,55 @@ def _demo() -> Config:
     return cfg
 
 
+def _torchvision_fcos_r50() -> Config:
+    """torchvision's fcos_resnet50_fpn at inference (what `fcosdet import-weights torchvision-fcos`
+    writes): points at torchvision's anchor centres (j * padded size // level size: j*stride when
+    the padded size is a multiple of 128), ReLU distances x stride without a learnable Scale, centerness on
+    the regression tower, conv bias, pytorch normalisation, frozen BN, sqrt(cls x ctr) > 0.2,
+    NMS 0.6, 100 per image. For inference: to train from these weights use fcos_r50_finetune."""
+    cfg = _fcos_r50_tricks_1x()
+    cfg.model.num_classes = 80
+    cfg.model.learnable_scale = False
+    cfg.model.point_offset = "torchvision"
+    cfg.data.normalize = "pytorch"
+    cfg.test.sqrt_score = True
+    cfg.test.score_thr = 0.2
+    cfg.test.nms_iou = 0.6
+    cfg.test.max_per_img = 100
+    return cfg
+
+
+def _fcos_r50_finetune() -> Config:
+    """Fine-tune torchvision's architecture on a small dataset: start from an imported COCO
+    FCOS (`--set model.init_from=coco_fcos.pt`) or an ImageNet backbone
+    (`--set model.backbone_weights=torchvision:ResNet50_Weights.IMAGENET1K_V1`). Frozen BN and
+    stem, 12 epochs, half the reference lr, short side 640-800, evaluation threshold 0.05."""
+    cfg = _torchvision_fcos_r50()
+    cfg.model.point_offset = "zero"  # training assigns on points spaced by the stride
+    cfg.data.scale = (1333, 800)
+    cfg.data.multiscale_short = (640, 672, 704, 736, 768, 800)
+    cfg.data.batch_size = 4
+    cfg.test.score_thr = 0.05
+    cfg.train.lr = 0.005
+    cfg.train.warmup_iters = 100
+    cfg.train.epochs = 12
+    cfg.train.steps = (8, 11)
+    return cfg
+
+
 PRESETS = {
     "fcos_r50_1x": _fcos_r50_1x,
     "fcos_r50_tricks_1x": _fcos_r50_tricks_1x,
     "fcos_r18_cpu": lambda: _cpu(_fcos_r50_1x()),
     "fcos_r18_tricks_cpu": lambda: _cpu(_fcos_r50_tricks_1x()),
     "demo": _demo,
+    "torchvision_fcos_r50": _torchvision_fcos_r50,
+    "fcos_r50_finetune": _fcos_r50_finetune,
 }
 
 
 def preset(name: str) -> Config:
-    if name not in PRESETS:
+    if not isinstance(name, str) or name not in PRESETS:
         raise UserError(f"unknown preset {name!r}; choose one of {', '.join(sorted(PRESETS))} "
                         f"or give a YAML config file")
     return PRESETS[name]()
@@ -206,7 +264,9 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             raise UserError(f"config key {key} needs a list, got {value!r}")
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_coerce(v, args[0], key) for v in value)
-        return tuple(_coerce(v, a, key) for v, a in zip(value, args, strict=True))
+        if len(value) != len(args):
+            raise UserError(f"config key {key} needs {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, key) for v, a in zip(value, args))
     if hint is bool:
         if isinstance(value, bool):
             return value
@@ -231,6 +291,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
 def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
     """Set dotted keys (`train.lr`, `model.depth`) with type checks; unknown keys are errors."""
     for key, value in overrides.items():
+        key = str(key)
         parts = key.split(".")
         target: Any = cfg
         for part in parts[:-1]:
@@ -266,7 +327,7 @@ def load_config(source: str, sets: list[str] | None = None) -> Config:
         try:
             raw = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
-            raise UserError(f"config file {path} is not valid YAML: {exc}") from None
+            raise UserError(f"config file {path} is not valid YAML: {' '.join(str(exc).split())}") from None
         if not isinstance(raw, dict):
             raise UserError(f"config file {path} must hold a mapping of sections")
         cfg = preset(raw.pop("preset", "fcos_r50_1x"))
@@ -283,7 +344,11 @@ def parse_sets(sets: list[str]) -> dict[str, Any]:
         if "=" not in item:
             raise UserError(f"--set {item!r} needs the form key=value, e.g. --set train.lr=0.005")
         key, value = item.split("=", 1)
-        overrides[key.strip()] = yaml.safe_load(value)
+        try:
+            overrides[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise UserError(f"--set {item!r}: the value is not valid YAML ({' '.join(str(exc).split())}); "
+                            f"quote it or fix it, e.g. --set train.lr=0.005") from None
     return overrides
 
 

@@ -8,3 +8,7 @@ single line and exits with status 2: never a traceback for user errors.
 
 class UserError(Exception):
     """An error caused by the user's input; its message says what to fix."""
+
+    def __init__(self, message: str = "") -> None:
+        # one line whatever it quotes (a file name or a YAML error with line breaks)
+        super().__init__(" ".join(part.strip() for part in str(message).splitlines() if part.strip()))

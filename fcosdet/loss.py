@@ -21,6 +21,7 @@ from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
 from .boxes import aligned_iou, distance2bbox
 from .distributed import reduce_mean
+from .model.head import FCOSOutputs
 from .targets import (DEFAULT_REGRESS_RANGES, DEFAULT_STRIDES, anchor_points, assign_targets_batch,
                       centerness_target, level_grids)
 
@@ -51,17 +52,18 @@ def fcos_loss(cls_scores: Sequence[Tensor], bbox_preds: Sequence[Tensor],
               strides: Sequence[int] = DEFAULT_STRIDES,
               regress_ranges: Sequence[Sequence[float]] = DEFAULT_REGRESS_RANGES,
               center_sampling: bool = False, center_sample_radius: float = 1.5,
-              norm_on_bbox: bool = False, bbox_loss: str = "iou") -> dict[str, Tensor]:
+              norm_on_bbox: bool = False, bbox_loss: str = "iou",
+              point_offset: str = "half_stride") -> dict[str, Tensor]:
     """Per-level head outputs (B, C, H, W), (B, 4, H, W), (B, 1, H, W) and per-image
     boxes (G, 4) / labels (G,) -> {"loss_cls", "loss_bbox", "loss_centerness"} (float32)."""
     if bbox_loss not in ("iou", "giou"):
         raise ValueError(f"bbox_loss must be 'iou' or 'giou', got {bbox_loss!r}")
     device = bbox_preds[0].device
     sizes = [tuple(x.shape[-2:]) for x in cls_scores]  # L x (H, W)
-    points = anchor_points(sizes, strides, device=device)
+    points = anchor_points(sizes, strides, device=device, offset=point_offset)
     labels, bbox_targets = _batch_targets(
         points, gt_boxes, gt_labels, num_classes=num_classes, strides=strides,
-        norm_on_bbox=norm_on_bbox, regress_ranges=regress_ranges, grids=level_grids(sizes, strides),
+        norm_on_bbox=norm_on_bbox, regress_ranges=regress_ranges, grids=level_grids(sizes, strides, offset=point_offset),
         center_sampling=center_sampling, center_sample_radius=center_sample_radius)
     num_images = cls_scores[0].size(0)
     flat_cls = _flatten_levels(cls_scores).float()  # (M, C)
@@ -104,14 +106,13 @@ class FCOSCriterion:
     center_sample_radius: float = 1.5
     norm_on_bbox: bool = False
     bbox_loss: str = "iou"
+    point_offset: str = "half_stride"  # "zero": torchvision's points at j*stride
 
-    def __call__(self, outputs: tuple[list[Tensor], list[Tensor], list[Tensor]],
-                 targets: Sequence[dict]) -> dict[str, Tensor]:
-        cls_scores, bbox_preds, centernesses = outputs
+    def __call__(self, outputs: FCOSOutputs, targets: Sequence[dict]) -> dict[str, Tensor]:
         return fcos_loss(
-            cls_scores, bbox_preds, centernesses,
+            outputs.cls_scores, outputs.bbox_preds, outputs.centernesses,
             [t["boxes"] for t in targets], [t["labels"] for t in targets],
             num_classes=self.num_classes, strides=self.strides,
             regress_ranges=self.regress_ranges, center_sampling=self.center_sampling,
             center_sample_radius=self.center_sample_radius, norm_on_bbox=self.norm_on_bbox,
-            bbox_loss=self.bbox_loss)
+            bbox_loss=self.bbox_loss, point_offset=self.point_offset)

@@ -1,77 +1,153 @@
-"""Detector: one object over a checkpoint for inference on images.
+"""Detector: one object over a trained model file for inference on images.
 
-    det = Detector.from_checkpoint("runs/exp/best.pt")
+    det = Detector.from_file("runs/exp/best.pt")  # or an exported .safetensors / .onnx file
     out = det.predict("image.jpg")  # {"boxes" (D, 4) original pixels, "scores" (D,), "labels" (D,), "class_names"}
+
+Images (`predict` takes one, `predict_batch` a list; `predict` also takes a list):
+- a path, or a PIL image (any mode: converted to 8-bit RGB as a loaded file is);
+- a numpy array (H, W, 3) RGB: uint8 in 0..255, or float in 0..1;
+- a torch tensor (3, H, W) RGB: uint8 in 0..255, or float in 0..1.
+Float inputs are quantised to 8 bits (round(x * 255)) first, so an image gives the same
+detections whichever form it comes in; values outside 0..1 are an error, never clipped.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, Union
 
 import numpy as np
 import torch
 from PIL import Image
 
-from .build import build_model, build_postprocessor
+from .build import build_inference, config_from_state
 from .config import Config, apply_overrides, flatten_dict
-from .data.transforms import build_transforms, load_image, to_rgb8
 from .data.dataset import pad_images
-from .engine.checkpoint import load_checkpoint
+from .data.transforms import DetectionTransform, build_transforms, load_image, to_rgb8
 from .errors import UserError
+from .fastpath import fast_inference_model
+from .postprocess import _rescale
+from .runtime import DetectorGraph, OnnxBackend, TorchBackend, read_model_state
+
+ImageInput = Union[str, Path, Image.Image, np.ndarray, torch.Tensor]
+config_from_checkpoint = config_from_state  # the name earlier releases used
 
 
-def config_from_checkpoint(state: dict[str, Any]) -> Config:
-    cfg = Config()
-    apply_overrides(cfg, flatten_dict(state["config"]))
-    return cfg
+def _differs(a: Any, b: Any) -> bool:
+    return abs(float(a) - float(b)) > 1e-12 if isinstance(a, (int, float)) else a != b
+
+
+def _to_pil(image: ImageInput) -> Image.Image:
+    """Any accepted image form -> 8-bit RGB PIL (see the module docstring for the conventions)."""
+    if isinstance(image, (str, Path)):
+        return load_image(image)
+    if isinstance(image, Image.Image):
+        return to_rgb8(image)
+    if isinstance(image, torch.Tensor):
+        if image.ndim != 3 or image.shape[0] != 3:
+            raise UserError(f"a tensor image must be (3, H, W) RGB, got shape {tuple(image.shape)}")
+        image = image.detach().cpu().permute(1, 2, 0).numpy()  # (H, W, 3)
+    if not isinstance(image, np.ndarray):
+        raise UserError(f"predict() takes a path, a PIL image, an (H, W, 3) numpy array, a (3, H, W) "
+                        f"tensor or a list of them, not {type(image).__name__}")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise UserError(f"a numpy image must be (H, W, 3) RGB, got shape {image.shape}")
+    if image.dtype == np.uint8:
+        return Image.fromarray(np.ascontiguousarray(image), "RGB")
+    if not np.issubdtype(image.dtype, np.floating):
+        raise UserError(f"image arrays must be uint8 (0..255) or float (0..1), got {image.dtype}")
+    low, high = float(np.min(image)), float(np.max(image))
+    if not (0.0 <= low and high <= 1.0):
+        raise UserError(f"float images must hold values in 0..1, got {low:.3g}..{high:.3g}; divide by "
+                        f"255 or pass a uint8 array")
+    pixels = np.rint(image.astype(np.float64) * 255.0).astype(np.uint8)  # (H, W, 3)
+    return Image.fromarray(np.ascontiguousarray(pixels), "RGB")
 
 
 class Detector:
-    def __init__(self, *, model: torch.nn.Module, postprocessor: Any, transform: Any,
-                 class_names: list[str], device: torch.device | str = "cpu") -> None:
-        self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
-        self.postprocessor = postprocessor
+    def __init__(self, *, backend: TorchBackend | OnnxBackend, transform: DetectionTransform,
+                 class_names: list[str], config: Config) -> None:
+        self.backend = backend
         self.transform = transform
         self.class_names = list(class_names)
+        self.config = config  # the model file's settings (data.scale, test.*, ...)
+
+    @property
+    def device(self) -> torch.device:
+        return self.backend.device
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, *, device: str = "cpu",
-                        score_thr: float | None = None) -> "Detector":
-        state = load_checkpoint(Path(path))
-        cfg = config_from_checkpoint(state)
+    def from_file(cls, path: str | Path, *, device: str = "cpu", score_thr: float | None = None,
+                  test_overrides: dict[str, Any] | None = None, fast: bool = True,
+                  precision: str = "fp32") -> "Detector":
+        """A `.pt` checkpoint, `.safetensors` weights file or `.onnx` graph -> a Detector.
+        `score_thr` / `test_overrides` ({"test.nms_iou": 0.6}) replace the file's test settings
+        (an ONNX graph has them baked in: only a higher score_thr is possible there).
+        `fast` (PyTorch files): BatchNorm folded and channels_last, equal to the plain model
+        within float rounding; `precision` "bf16": bf16 autocast (opt-in: detections move)."""
+        path = Path(path)
+        overrides = dict(test_overrides or {})
         if score_thr is not None:
-            cfg.test.score_thr = score_thr
-        cfg.model.backbone_weights = None  # the checkpoint holds every weight
-        model = build_model(cfg.model)
-        model.load_state_dict(state["model"])
-        d = cfg.data
-        transform = build_transforms(train=False, scale=d.scale, normalize=d.normalize)
-        return cls(model=model, postprocessor=build_postprocessor(cfg.model, cfg.test),
-                   transform=transform, class_names=state["class_names"], device=device)
+            overrides["test.score_thr"] = score_thr
+        if path.suffix == ".onnx":
+            return cls._from_onnx(path, device=device, overrides=overrides, precision=precision)
+        parts = build_inference(read_model_state(path), overrides=overrides)
+        model = fast_inference_model(parts.model, channels_last=True) if fast else parts.model
+        graph = DetectorGraph(model=model, postprocessor=parts.postprocessor)
+        backend = TorchBackend(graph=graph, device=device, channels_last=fast, precision=precision)
+        return cls(backend=backend, transform=parts.transform, class_names=parts.class_names,
+                   config=parts.config)
 
-    def _prepare(self, image: str | Path | Image.Image | np.ndarray) -> tuple[torch.Tensor, dict]:
-        if isinstance(image, (str, Path)):
-            pil = load_image(image)
-        elif isinstance(image, np.ndarray):
-            pil = Image.fromarray(image).convert("RGB")  # (H, W, 3) uint8 RGB
-        elif isinstance(image, Image.Image):
-            pil = to_rgb8(image)
-        else:
-            raise UserError(f"predict() takes a path, a PIL image or an (H, W, 3) uint8 array, "
-                            f"not {type(image).__name__}")
+    from_checkpoint = from_file
+
+    @classmethod
+    def _from_onnx(cls, path: Path, *, device: str, overrides: dict[str, Any], precision: str) -> "Detector":
+        if not path.is_file():
+            raise UserError(f"ONNX file {path} does not exist; check the path")
+        if torch.device(device).type != "cpu" or precision != "fp32":
+            raise UserError(f"{path}: ONNX files run on the CPU in fp32 with onnxruntime; use the .pt or "
+                            f".safetensors file for --device {device} / --precision {precision}")
+        score_thr = overrides.pop("test.score_thr", None)
+        backend = OnnxBackend(path, score_thr=score_thr)
+        meta = backend.metadata
+        cfg = Config()
+        apply_overrides(cfg, flatten_dict(meta["config"]))
+        cfg.test.score_thr = backend.score_thr
+        for key, value in overrides.items():
+            baked = getattr(cfg.test, key.removeprefix("test."), None)
+            if not key.startswith("test.") or baked is None or _differs(baked, value):
+                raise UserError(f"{path} was exported with {key}={baked}, not {value}: test settings are "
+                                f"part of the graph; export again with --set {key}={value}")
+        transform = build_transforms(train=False, scale=meta["scale"], normalize=meta["normalize"]["mode"])
+        return cls(backend=backend, transform=transform, class_names=meta["class_names"], config=cfg)
+
+    def detect(self, images: torch.Tensor, image_sizes: Sequence[Sequence[int]],
+               orig_sizes: Sequence[Sequence[int]]) -> list[dict[str, torch.Tensor]]:
+        """A prepared batch (B, 3, Hp, Wp) -> per image boxes (D, 4) in the original frame,
+        scores (D,), labels (D,) on the CPU."""
+        sizes = torch.tensor([list(s) for s in image_sizes], dtype=torch.int64)  # (B, 2)
+        dets = self.backend(images, sizes)
+        boxes, scores, labels, index = (t.cpu() for t in dets)
+        results = []
+        for b, (size, orig) in enumerate(zip(image_sizes, orig_sizes)):
+            mine = index == b  # (D,) by decreasing score
+            results.append({"boxes": _rescale(boxes[mine], size, orig), "scores": scores[mine],
+                            "labels": labels[mine]})
+        return results
+
+    def _prepare(self, image: ImageInput) -> tuple[torch.Tensor, dict[str, Any]]:
         empty = {"boxes": np.zeros((0, 4), np.float32), "labels": np.zeros((0,), np.int64)}
-        return self.transform(pil, empty)
+        return self.transform(_to_pil(image), empty)  # (3, h, w) normalised, target with the sizes
 
-    @torch.no_grad()
-    def predict_batch(self, images: Sequence[Any]) -> list[dict[str, Any]]:
+    def predict_batch(self, images: Sequence[ImageInput]) -> list[dict[str, Any]]:
         prepared = [self._prepare(im) for im in images]
-        batch = pad_images([x for x, _ in prepared]).to(self.device)  # (B, 3, Hp, Wp)
-        outputs = self.model(batch)
-        dets = self.postprocessor(outputs, [t["img_size"] for _, t in prepared],
-                                  [t["orig_size"] for _, t in prepared])
-        return [{"boxes": d["boxes"].cpu(), "scores": d["scores"].cpu(), "labels": d["labels"].cpu(),
-                 "class_names": [self.class_names[i] for i in d["labels"].tolist()]} for d in dets]
+        batch = pad_images([x for x, _ in prepared])  # (B, 3, Hp, Wp)
+        results = self.detect(batch, [t["img_size"] for _, t in prepared], [t["orig_size"] for _, t in prepared])
+        for d in results:
+            d["class_names"] = [self.class_names[i] for i in d["labels"].tolist()]
+        return results
 
-    def predict(self, image: Any) -> dict[str, Any]:
+    def predict(self, image: ImageInput | Sequence[ImageInput]) -> dict[str, Any] | list[dict[str, Any]]:
+        """One image -> its detections; a list of images -> a list (one batch)."""
+        if isinstance(image, (list, tuple)):
+            return self.predict_batch(image)
         return self.predict_batch([image])[0]

@@ -25,22 +25,48 @@ DEFAULT_REGRESS_RANGES: tuple[tuple[float, float], ...] = (
 INF = 1e8  # the reference's "no box" area
 
 
+POINT_OFFSETS = ("half_stride", "zero", "torchvision")
+
+
+def point_offset(stride: int, offset: str = "half_stride") -> int:
+    """Where the first point of a level lies: s//2 (the reference) or 0 (torchvision's FCOS)."""
+    if offset not in POINT_OFFSETS:
+        raise ValueError(f"point offset must be one of {POINT_OFFSETS}, got {offset!r}")
+    return stride // 2 if offset == "half_stride" else 0
+
+
 def anchor_points(featmap_sizes: Sequence[Sequence[int]], strides: Sequence[int], *,
                   dtype: torch.dtype = torch.float32,
-                  device: torch.device | str | None = None) -> list[Tensor]:
-    """Per level, the (H*W, 2) point coordinates (x, y) = (j*s + s//2, i*s + s//2), row-major."""
+                  device: torch.device | str | None = None,
+                  offset: str = "half_stride") -> list[Tensor]:
+    """Per level, the (H*W, 2) point coordinates (x, y) = (j*s + o, i*s + o), row-major, with
+    o = s//2 (offset "half_stride", the reference) or 0 ("zero", torchvision's FCOS).
+
+    "torchvision" reproduces torchvision's AnchorGenerator exactly: o = 0 and the spacing is
+    (padded input size) // (level size) per axis, which differs from the stride on levels whose
+    size was rounded up (a 320-row input: P7 has 3 rows, spaced 320 // 3 = 106). The padded
+    input size is the first level's size times its stride. Inference only: the assignment
+    needs points spaced by the stride."""
     points = []
+    pad_h, pad_w = (int(featmap_sizes[0][0]) * strides[0], int(featmap_sizes[0][1]) * strides[0]) \
+        if featmap_sizes else (0, 0)
     for (h, w), stride in zip(featmap_sizes, strides):
-        ys = torch.arange(int(h), dtype=dtype, device=device) * stride + stride // 2  # (H,)
-        xs = torch.arange(int(w), dtype=dtype, device=device) * stride + stride // 2  # (W,)
+        o = point_offset(stride, offset)
+        sy, sx = (pad_h // int(h), pad_w // int(w)) if offset == "torchvision" else (stride, stride)
+        ys = torch.arange(int(h), dtype=dtype, device=device) * sy + o  # (H,)
+        xs = torch.arange(int(w), dtype=dtype, device=device) * sx + o  # (W,)
         yy, xx = torch.meshgrid(ys, xs, indexing="ij")  # (H, W) each
         points.append(torch.stack((xx.reshape(-1), yy.reshape(-1)), dim=-1))  # (H*W, 2)
     return points
 
 
-def level_grids(featmap_sizes: Sequence[Sequence[int]], strides: Sequence[int]) -> list[tuple[int, int, float, float]]:
-    """Per level, (H, W, x0, y0) of the points `anchor_points` makes: x0 = y0 = stride // 2."""
-    return [(int(h), int(w), float(s // 2), float(s // 2)) for (h, w), s in zip(featmap_sizes, strides)]
+def level_grids(featmap_sizes: Sequence[Sequence[int]], strides: Sequence[int], *,
+                offset: str = "half_stride") -> list[tuple[int, int, float, float]]:
+    """Per level, (H, W, x0, y0) of the points `anchor_points` makes: x0 = y0 = its offset."""
+    if offset == "torchvision":
+        raise ValueError("assignment needs points spaced by the stride; offset 'torchvision' is for inference")
+    return [(int(h), int(w), float(point_offset(s, offset)), float(point_offset(s, offset)))
+            for (h, w), s in zip(featmap_sizes, strides)]
 
 
 def centerness_target(bbox_targets: Tensor) -> Tensor:

@@ -170,7 +170,7 @@ BAD_ANNOTATIONS = {
     "null coordinate": (_ann(2, 1, [None, 1, 5, 5]), "NaN"),
     "zero-size box": (_ann(2, 1, [10, 10, 0, 5]), "zero or negative"),
     "negative-size box": (_ann(2, 1, [10, 10, 4, -5]), "zero or negative"),
-    "box outside image": (_ann(2, 1, [50, 10, 30, 10]), "outside"),
+    "box outside image": (_ann(2, 1, [70, 10, 30, 10]), "entirely outside"),
 }
 
 
@@ -377,7 +377,9 @@ def test_official_coco_layout_by_folder(tmp_path: Path):
 def test_layout_detection_of_folders(tmp_path: Path):
     yolo = _yolo_root(tmp_path)
     assert detect_layout(yolo) == "yolo"
-    assert len(load_dataset_spec(yolo, "val").records) == 3  # no val list: every image
+    assert len(load_dataset_spec(yolo, "train").records) == 3  # no train list: every image
+    with pytest.raises(UserError, match=r"no split 'val' \(looked for .*val\.txt.*data\.yaml"):
+        load_dataset_spec(yolo, "val")  # no val list: an error, never the training images
     voc = _voc_root(tmp_path, _voc_object("ant", (1, 2, 30, 40)))
     assert detect_layout(voc) == "voc"
     assert len(load_dataset_spec(voc, "train").records) == 1

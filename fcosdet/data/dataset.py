@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, get_worker_info
 
 from fcosdet.data.records import DatasetSplit
 from fcosdet.data.transforms import load_image
@@ -51,9 +51,16 @@ class DetectionDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]] | LoadFailure:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, dict[str, Any]] | LoadFailure:
+        """`key`: an index, or (index, seed) from `EpochSampler`: the random augmentations of
+        that item then come from `seed` alone (whatever worker or process loads it)."""
         try:
-            return self._load(index)
+            if isinstance(key, tuple):
+                index, seed = key
+                with torch.random.fork_rng(devices=[]):  # the caller's CPU RNG is left as it was
+                    torch.manual_seed(seed)
+                    return self._load(index)
+            return self._load(key)
         except UserError as exc:
             if get_worker_info() is None:
                 raise
@@ -126,6 +133,45 @@ def collate(batch: Sequence[tuple[torch.Tensor, dict[str, Any]] | LoadFailure], 
             return item
     images = [image for image, _ in batch]
     return Batch(images=pad_images(images, size_divisor=size_divisor), targets=[t for _, t in batch])
+
+
+SEED_STRIDE = 1_000_003  # a prime: (seed, epoch) and (seed, epoch, index) pairs never collide in practice
+
+
+class EpochSampler(Sampler):
+    """The training order: a function of (seed, epoch) only, so a resumed run sees exactly the
+    batches an uninterrupted run would.
+
+    Wraps a DistributedSampler (one replica without torchrun: the same code path either way),
+    whose permutation for epoch e comes from a generator seeded with seed * SEED_STRIDE + e.
+    Yields (index, item seed): each item's augmentations are seeded with a function of
+    (seed, epoch, index). `skip_batches(k)` makes the next pass start after k batches of
+    `batch_size` (a mid-epoch resume)."""
+
+    def __init__(self, dataset: Dataset, *, seed: int, batch_size: int, num_replicas: int = 1,
+                 rank: int = 0) -> None:
+        self.base = DistributedSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=True,
+                                       seed=seed * SEED_STRIDE, drop_last=False)
+        self.seed, self.batch_size, self.epoch, self.skip = seed, batch_size, 0, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.base.set_epoch(epoch)
+
+    def skip_batches(self, batches: int) -> None:
+        self.skip = batches * self.batch_size
+
+    def item_seed(self, index: int) -> int:
+        return ((self.seed * SEED_STRIDE + self.epoch) * SEED_STRIDE + index) % 2**63
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        skip, self.skip = self.skip, 0  # one pass only
+        for position, index in enumerate(self.base):
+            if position >= skip:
+                yield index, self.item_seed(index)
+
+    def __len__(self) -> int:
+        return max(len(self.base) - self.skip, 0)
 
 
 def _seed_worker(worker_id: int) -> None:

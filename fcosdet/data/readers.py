@@ -5,9 +5,11 @@ Conventions: boxes are (x1, y1, x2, y2) float pixels of the displayed image (EXI
 applied), labels in [0, C), `image_id` unique within a split.
 
 Validation (every reader): a missing or unreadable image, an unknown category / class, a box
-with a NaN, a zero or negative size, or more than 1 px outside the image raises `UserError`
-naming the file and the annotation. A box at most 1 px outside is clipped to the image. With
-`skip_invalid=True` the bad annotation (or the whole image for an image-level problem) is
+with a NaN, a zero or negative size, or nothing inside the image raises `UserError` naming the
+file and the annotation. A box partly outside the image is clipped to it; the ones that crossed
+the border by more than 1 px are counted in `DatasetSplit.clipped`. An image file name that
+leaves the dataset folder (absolute, or with '..') is refused unless `allow_outside_root=True`.
+With `skip_invalid=True` the bad annotation (or the whole image for an image-level problem) is
 dropped instead and its message is appended to `DatasetSplit.problems`.
 
 Image sizes come from the file header only (no decode); a truncated image body is found by
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -33,8 +36,9 @@ from fcosdet.data.records import DatasetSplit, ImageRecord
 from fcosdet.errors import UserError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-BOX_TOLERANCE_PX = 1.0  # a box may stick out of the image by this much before it is invalid
+BOX_TOLERANCE_PX = 1.0  # clipping a box by at most this much is rounding, not counted
 _SKIP_HINT = "or rerun with skip_invalid to drop it"
+_NO_VAL_HINT = "or set data.val_split=none to train without evaluation"
 _EXIF_ORIENTATION_TAG = 0x0112
 _YOLO_NAME_FILES = ("data.yaml", "config.yaml", "dataset.yaml", "names.txt", "classes.txt")
 
@@ -45,11 +49,32 @@ class _Problems:
     def __init__(self, *, skip_invalid: bool) -> None:
         self.skip_invalid = skip_invalid
         self.messages: list[str] = []
+        self.clipped = 0  # boxes clipped to their image by more than BOX_TOLERANCE_PX
 
     def report(self, message: str) -> None:
         if not self.skip_invalid:
             raise UserError(message)
         self.messages.append(message)
+
+
+def leaves_root(name: str) -> bool:
+    """True when a file name from an annotation is absolute or climbs out with '..'."""
+    normal = os.path.normpath(str(name).replace("\\", "/"))
+    return os.path.isabs(normal) or normal == ".." or normal.startswith("../")
+
+
+def _outside_message(name: str, root: Path, where: str) -> str:
+    return (f"{where} names the image {name!r}, which leaves the dataset folder {root} (an absolute "
+            f"path or '..'); move the image under the folder, or set data.allow_outside_root=true "
+            f"if you trust this file, {_SKIP_HINT}.")
+
+
+def _text_lines(path: Path, what: str) -> list[str]:
+    """The lines of a UTF-8 text file, or a UserError naming it."""
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{what} {path} cannot be read as UTF-8 text ({exc}); fix or re-export it.") from None
 
 
 def summarize_problems(problems: Sequence[str]) -> str:
@@ -127,21 +152,21 @@ def _validate_boxes(boxes: np.ndarray, width: int, height: int, *, describe: Cal
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)  # (G, 4)
     finite = np.isfinite(boxes).all(axis=1)  # (G,)
     safe = np.where(np.isfinite(boxes), boxes, 0.0)  # (G, 4) NaN-free for the comparisons
-    tol = BOX_TOLERANCE_PX
-    outside = ((safe[:, 0] < -tol) | (safe[:, 1] < -tol)
-               | (safe[:, 2] > width + tol) | (safe[:, 3] > height + tol))  # (G,)
     clipped = safe.copy()  # (G, 4)
     clipped[:, 0::2] = clipped[:, 0::2].clip(0.0, width)
     clipped[:, 1::2] = clipped[:, 1::2].clip(0.0, height)
-    empty = (clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1])  # (G,)
-    keep = finite & ~outside & ~empty  # (G,)
+    degenerate = (safe[:, 2] <= safe[:, 0]) | (safe[:, 3] <= safe[:, 1])  # (G,) as written
+    empty = (clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1])  # (G,) after clipping
+    keep = finite & ~empty  # (G,)
+    moved = np.abs(clipped - safe).max(axis=1, initial=0.0) > BOX_TOLERANCE_PX  # (G,)
+    problems.clipped += int((keep & moved).sum())
     for i in np.flatnonzero(~keep):
         if not finite[i]:
             reason = "has a NaN or infinite coordinate"
-        elif outside[i]:
-            reason = f"lies more than {tol:g} px outside the {width}x{height} image"
-        else:
+        elif degenerate[i]:
             reason = "has zero or negative width or height"
+        else:
+            reason = f"lies entirely outside the {width}x{height} image"
         problems.report(f"{describe(int(i))} {reason}; fix or delete the annotation, {_SKIP_HINT}.")
     return clipped.astype(np.float32), keep
 
@@ -231,7 +256,7 @@ def _coco_group_annotations(data: dict, path: Path, image_ids: set[int],
         raise UserError(f"Annotation file {path} has an 'annotations' entry that is not a list; fix it.")
     for ann in annotations:
         image_id = ann.get("image_id") if isinstance(ann, dict) else None
-        if image_id not in image_ids:
+        if not isinstance(image_id, int) or image_id not in image_ids:
             name = f"id {ann.get('id')}" if isinstance(ann, dict) else repr(ann)[:80]
             problems.report(f"{path}: annotation {name} refers to image_id {image_id!r}, which is "
                             f"not in 'images'; fix or delete the annotation, {_SKIP_HINT}.")
@@ -254,7 +279,8 @@ def _coco_image_record(image: dict, anns: list[dict], file_path: Path, size: tup
     boxes: list[list[float]] = []  # (G, 4) x1y1x2y2
     for ann in anns:
         where = f"{ann_path}: annotation id {ann.get('id')} (image {image['file_name']})"
-        if ann.get("category_id") not in cat_to_label:
+        category = ann.get("category_id")
+        if not isinstance(category, int) or category not in cat_to_label:
             problems.report(f"{where} has category_id {ann.get('category_id')!r}, which is not a known "
                             f"category; add the category or fix the id, {_SKIP_HINT}.")
             continue
@@ -274,7 +300,7 @@ def _coco_image_record(image: dict, anns: list[dict], file_path: Path, size: tup
 
 
 def read_coco(images_dir: str | Path, ann_file: str | Path, *, class_names: Sequence[str] | None = None,
-              skip_invalid: bool = False) -> DatasetSplit:
+              skip_invalid: bool = False, allow_outside_root: bool = False) -> DatasetSplit:
     """Read a COCO instances JSON whose `file_name`s are relative to `images_dir`.
 
     Category ids may be arbitrary (e.g. official COCO's 1..90 with gaps): sorted ids become
@@ -288,6 +314,11 @@ def read_coco(images_dir: str | Path, ann_file: str | Path, *, class_names: Sequ
     images = _coco_images(data, ann_path)
     problems = _Problems(skip_invalid=skip_invalid)
     grouped = _coco_group_annotations(data, ann_path, {im["id"] for im in images}, problems)
+    if not allow_outside_root:
+        for image in [im for im in images if leaves_root(str(im["file_name"]))]:
+            problems.report(_outside_message(str(image["file_name"]), images_root,
+                                             f"{ann_path}: image id {image['id']}"))
+        images = [im for im in images if not leaves_root(str(im["file_name"]))]
     paths = [images_root / str(im["file_name"]) for im in images]
     sizes = _read_sizes(paths, problems, source=str(ann_path))
     records: list[ImageRecord] = []
@@ -298,7 +329,8 @@ def read_coco(images_dir: str | Path, ann_file: str | Path, *, class_names: Sequ
                                     cat_to_label=cat_to_label, problems=problems)
         if record is not None:
             records.append(record)
-    return DatasetSplit(records=records, class_names=names, problems=problems.messages)
+    return DatasetSplit(records=records, class_names=names, problems=problems.messages,
+                        source=str(ann_path), clipped=problems.clipped)
 
 
 # ----------------------------------------------------------------------------- Pascal VOC
@@ -335,9 +367,9 @@ def _voc_ids(root: Path, split: str | None) -> list[str]:
     list_file = root / "ImageSets" / "Main" / f"{split}.txt"
     if not list_file.is_file():
         available = sorted(p.stem for p in (root / "ImageSets" / "Main").glob("*.txt"))
-        raise UserError(f"VOC split file {list_file} does not exist; use one of {available} "
-                        "or create the list of image ids.")
-    lines = list_file.read_text(encoding="utf-8").splitlines()
+        raise UserError(f"VOC split file {list_file} does not exist; use one of {available}, create "
+                        f"the list of image ids, {_NO_VAL_HINT}.")
+    lines = _text_lines(list_file, "VOC split file")
     return [line.split()[0] for line in lines if line.strip()]
 
 
@@ -354,7 +386,7 @@ def _voc_image_path(root: Path, image_key: str, filename: str | None) -> Path:
 
 
 def read_voc(root: str | Path, split: str | None, *, class_names: Sequence[str] | None = None,
-             skip_invalid: bool = False) -> DatasetSplit:
+             skip_invalid: bool = False, allow_outside_root: bool = False) -> DatasetSplit:
     """Read a Pascal VOC folder: Annotations/*.xml, ImageSets/Main/{split}.txt, images in
     JPEGImages/ or images/. `split=None` reads every XML in Annotations/.
 
@@ -374,13 +406,20 @@ def read_voc(root: str | Path, split: str | None, *, class_names: Sequence[str] 
     label_of = {name: i for i, name in enumerate(names)}
     problems = _Problems(skip_invalid=skip_invalid)
     parsed: list[tuple[int, Path, list[tuple[str, list[float]]], Path]] = []
+    list_file = root / "ImageSets" / "Main" / f"{split}.txt"
     for image_id, key in enumerate(_voc_ids(root, split), start=1):
+        if leaves_root(key) and not allow_outside_root:
+            problems.report(_outside_message(key, root, f"{list_file} (image id {key})"))
+            continue
         xml_path = root / "Annotations" / f"{key}.xml"
         try:
             filename, objects = _parse_voc_xml(xml_path)
         except (ET.ParseError, OSError) as exc:
             problems.report(f"Annotation file {xml_path} cannot be read ({exc}); fix or re-export it, "
                             f"{_SKIP_HINT}.")
+            continue
+        if filename is not None and leaves_root(filename) and not allow_outside_root:
+            problems.report(_outside_message(filename, root, f"Annotation file {xml_path} (<filename>)"))
             continue
         parsed.append((image_id, xml_path, objects, _voc_image_path(root, key, filename)))
     sizes = _read_sizes([p[3] for p in parsed], problems, source=f"{root / 'Annotations'}")
@@ -399,7 +438,9 @@ def read_voc(root: str | Path, split: str | None, *, class_names: Sequence[str] 
             image_path, size, [c for _, _, c in known], [label_of[n] for _, n, _ in known],
             [False] * len(known), image_id=image_id, problems=problems,
             describe=lambda i, k=known, x=xml_path: f"{x}: object {k[i][0]} ({k[i][1]}, box {k[i][2]})"))
-    return DatasetSplit(records=records, class_names=names, problems=problems.messages)
+    source = str(list_file) if split is not None else str(root / "Annotations")
+    return DatasetSplit(records=records, class_names=names, problems=problems.messages, source=source,
+                        clipped=problems.clipped)
 
 
 # ----------------------------------------------------------------------------- YOLO
@@ -423,8 +464,8 @@ def _names_from_value(value: Any, source: Path) -> list[str]:
 def _read_yaml(path: Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise UserError(f"Cannot read YAML file {path} ({exc}); fix it.") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise UserError(f"Cannot read YAML file {path} ({' '.join(str(exc).split())}); fix it.") from None
     if not isinstance(data, dict):
         raise UserError(f"YAML file {path} does not hold a mapping of keys; fix it.")
     return data
@@ -437,7 +478,7 @@ def _yolo_names(root: Path) -> list[str]:
         if not path.is_file():
             continue
         if path.suffix == ".txt":
-            return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            return [line.strip() for line in _text_lines(path, "Class names file") if line.strip()]
         data = _read_yaml(path)
         if "names" in data:
             return _names_from_value(data["names"], path)
@@ -449,10 +490,12 @@ def _list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
-def _yolo_image_paths(root: Path, split_list: Path | None) -> list[Path]:
+def _yolo_image_paths(root: Path, split_list: Path | None, problems: _Problems, *,
+                      allow_outside_root: bool) -> list[Path]:
     """Images of a split: all under images/, all under a folder, or those named in a txt list.
 
-    List lines may be absolute, relative to the list's folder, to the root, or to root/images.
+    List lines may be relative to the list's folder, to the root, or to root/images; absolute
+    or '..' lines only with `allow_outside_root`.
     """
     if split_list is None or split_list.is_dir():
         folder = split_list if split_list is not None else root / "images"
@@ -462,10 +505,13 @@ def _yolo_image_paths(root: Path, split_list: Path | None) -> list[Path]:
     if not split_list.is_file():
         raise UserError(f"YOLO split list {split_list} does not exist; check the path.")
     paths = []
-    for line in split_list.read_text(encoding="utf-8").splitlines():
+    for line in _text_lines(split_list, "YOLO split list"):
         if not line.strip():
             continue
         entry = Path(line.strip())
+        if leaves_root(line.strip()) and not allow_outside_root:
+            problems.report(_outside_message(line.strip(), root, f"YOLO split list {split_list}"))
+            continue
         candidates = [entry] if entry.is_absolute() else [split_list.parent / entry, root / entry,
                                                           root / "images" / entry]
         paths.append(next((c for c in candidates if c.exists()), candidates[-1]))
@@ -497,7 +543,7 @@ def _yolo_image_record(image_path: Path, label_path: Path, size: tuple[int, int]
                        num_classes: int, problems: _Problems) -> ImageRecord:
     """One YOLO image: a missing or empty label file means no boxes (a negative image)."""
     width, height = size
-    lines = label_path.read_text(encoding="utf-8").splitlines() if label_path.is_file() else []
+    lines = _text_lines(label_path, "YOLO label file") if label_path.is_file() else []
     boxes, labels, where = [], [], []  # boxes (G, 4) x1y1x2y2 pixels
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -523,7 +569,8 @@ def _yolo_image_record(image_path: Path, label_path: Path, size: tuple[int, int]
 
 
 def read_yolo(root: str | Path, *, split_list: str | Path | None = None,
-              names: Sequence[str] | None = None, skip_invalid: bool = False) -> DatasetSplit:
+              names: Sequence[str] | None = None, skip_invalid: bool = False,
+              allow_outside_root: bool = False) -> DatasetSplit:
     """Read a YOLO folder: images/, labels/*.txt of 'class cx cy w h' normalised to [0, 1].
 
     `split_list`: a txt of image paths/names, or a folder of images; default all images under
@@ -533,8 +580,9 @@ def read_yolo(root: str | Path, *, split_list: str | Path | None = None,
     """
     root = Path(root)
     class_names = [str(n) for n in names] if names is not None else _yolo_names(root)
-    image_paths = _yolo_image_paths(root, Path(split_list) if split_list is not None else None)
     problems = _Problems(skip_invalid=skip_invalid)
+    image_paths = _yolo_image_paths(root, Path(split_list) if split_list is not None else None, problems,
+                                    allow_outside_root=allow_outside_root)
     source = str(split_list) if split_list is not None else str(root / "images")
     sizes = _read_sizes(image_paths, problems, source=source)
     records: list[ImageRecord] = []
@@ -542,7 +590,8 @@ def read_yolo(root: str | Path, *, split_list: str | Path | None = None,
         if size is not None:
             records.append(_yolo_image_record(path, _yolo_label_path(path, root), size, image_id=image_id,
                                               num_classes=len(class_names), problems=problems))
-    return DatasetSplit(records=records, class_names=class_names, problems=problems.messages)
+    return DatasetSplit(records=records, class_names=class_names, problems=problems.messages,
+                        source=source, clipped=problems.clipped)
 
 
 # ----------------------------------------------------------------------------- full decode check
@@ -627,44 +676,60 @@ def detect_layout(folder: Path) -> str | None:
 
 
 def _yolo_folder_split(folder: Path, split: str) -> Path | None:
-    """A YOLO folder's split: {split}.txt, else its YAML's existing `split` path, else None (all)."""
+    """A YOLO folder's split: {split}.txt, else its YAML's `split` path, else (for 'train'
+    only) None: every image under images/. Any other split that is not found is an error."""
     if (folder / f"{split}.txt").is_file():
         return folder / f"{split}.txt"
-    for file_name in ("data.yaml", "config.yaml", "dataset.yaml"):
-        if (folder / file_name).is_file():
-            data = _read_yaml(folder / file_name)
-            entry, base = data.get(split), folder / str(data.get("path") or ".")
-            if isinstance(entry, str) and (base / entry).exists():
-                return base / entry
-    return None
+    yamls = [folder / n for n in ("data.yaml", "config.yaml", "dataset.yaml") if (folder / n).is_file()]
+    for path in yamls:
+        data = _read_yaml(path)
+        entry, base = data.get(split), folder / str(data.get("path") or ".")
+        if isinstance(entry, str):
+            if not (base / entry).exists():
+                raise UserError(f"{path}: '{split}: {entry}' points at {base / entry}, which does not "
+                                f"exist; fix the path.")
+            return base / entry
+    if split == "train":
+        return None
+    looked = [str(folder / f"{split}.txt")] + [f"'{split}:' in {p}" for p in yamls]
+    raise UserError(f"YOLO dataset {folder} has no split '{split}' (looked for {', '.join(looked)}); "
+                    f"add a list of the split's images, choose another split, {_NO_VAL_HINT}.")
 
 
-def _load_folder(folder: Path, split: str, *, skip_invalid: bool) -> DatasetSplit:
+def _coco_folder_annotations(folder: Path, split: str) -> Path:
+    """{split}.json, or annotations.json (every image) for 'train' only; else an error naming
+    the files looked for and the ones there are."""
+    if (folder / f"{split}.json").is_file():
+        return folder / f"{split}.json"
+    if split == "train" and (folder / "annotations.json").is_file():
+        return folder / "annotations.json"
+    there = sorted(p.stem for p in folder.glob("*.json"))
+    raise UserError(f"COCO dataset {folder} has no split '{split}': looked for "
+                    f"{folder / 'annotations'}/instances_{split}*.json and {folder / f'{split}.json'}; "
+                    f"splits there: {there}; choose one of them, {_NO_VAL_HINT}.")
+
+
+def _load_folder(folder: Path, split: str, *, skip_invalid: bool, allow_outside_root: bool) -> DatasetSplit:
     """A dataset folder by its layout. Splits: COCO annotations/instances_{split}*.json (official
-    layout), else {split}.json, else annotations.json (all images); VOC
-    ImageSets/Main/{split}.txt, else every XML; YOLO {split}.txt or the YAML's `split` path when
-    it exists, else every image under images/."""
+    layout), else {split}.json (for 'train' also annotations.json); VOC ImageSets/Main/{split}.txt;
+    YOLO {split}.txt or the YAML's `split` path (for 'train' also every image under images/).
+    A split that is not there is an error naming the files looked for: never a fallback to
+    every image."""
     layout = detect_layout(folder)
+    flags = {"skip_invalid": skip_invalid, "allow_outside_root": allow_outside_root}
     if layout == "coco":
         official = _official_coco_split(folder, split)
         if official is not None:
-            return read_coco(*official, skip_invalid=skip_invalid)
-        ann = folder / f"{split}.json"
-        if not ann.is_file():
-            ann = folder / "annotations.json"
-        if not ann.is_file():
-            raise UserError(f"{folder} has no annotations/instances_{split}*.json, {split}.json or "
-                            f"annotations.json; add the COCO file for split '{split}'.")
-        return read_coco(folder / "images", ann, skip_invalid=skip_invalid)
+            return read_coco(*official, **flags)
+        return read_coco(folder / "images", _coco_folder_annotations(folder, split), **flags)
     if layout == "voc":
-        has_list = (folder / "ImageSets" / "Main" / f"{split}.txt").is_file()
-        return read_voc(folder, split if has_list else None, skip_invalid=skip_invalid)
+        return read_voc(folder, split, **flags)
     if layout == "yolo":
-        return read_yolo(folder, split_list=_yolo_folder_split(folder, split), skip_invalid=skip_invalid)
+        return read_yolo(folder, split_list=_yolo_folder_split(folder, split), **flags)
     raise UserError(f"Cannot tell the dataset format of {folder}: {_LAYOUT_HELP}.")
 
 
-def _load_spec_file(path: Path, split: str, *, skip_invalid: bool) -> DatasetSplit:
+def _load_spec_file(path: Path, split: str, *, skip_invalid: bool, allow_outside_root: bool) -> DatasetSplit:
     """A dataset YAML: {format, root, train, val, names}; an Ultralytics data.yaml also works."""
     spec = _read_yaml(path)
     fmt = spec.get("format")
@@ -674,29 +739,33 @@ def _load_spec_file(path: Path, split: str, *, skip_invalid: bool) -> DatasetSpl
     entry = spec.get(split)
     if entry is None:
         raise UserError(f"Dataset file {path} has no '{split}' entry; add '{split}: ...' naming the "
-                        "split's images or annotations.")
+                        f"split's images or annotations, choose another split, {_NO_VAL_HINT}.")
     names = _names_from_value(spec["names"], path) if spec.get("names") is not None else None
     if fmt == "coco":
         if isinstance(entry, dict) and "annotations" in entry:
             images = root / str(entry.get("images", "images"))
             return read_coco(images, root / str(entry["annotations"]), class_names=names,
-                             skip_invalid=skip_invalid)
+                             skip_invalid=skip_invalid, allow_outside_root=allow_outside_root)
         if isinstance(entry, str):
-            return read_coco(root / "images", root / entry, class_names=names, skip_invalid=skip_invalid)
+            return read_coco(root / "images", root / entry, class_names=names, skip_invalid=skip_invalid,
+                             allow_outside_root=allow_outside_root)
         raise UserError(f"Dataset file {path}: '{split}' must be an annotation file or "
                         "{images: dir, annotations: file}; fix it.")
     if fmt == "voc":
-        return read_voc(root, str(entry), class_names=names, skip_invalid=skip_invalid)
+        return read_voc(root, str(entry), class_names=names, skip_invalid=skip_invalid,
+                        allow_outside_root=allow_outside_root)
     if fmt == "yolo":
         split_path = root / str(entry)
         if not split_path.exists():
             raise UserError(f"Dataset file {path}: '{split}' points at {split_path}, which does not "
                             "exist; fix the path (relative to the root).")
-        return read_yolo(root, split_list=split_path, names=names, skip_invalid=skip_invalid)
+        return read_yolo(root, split_list=split_path, names=names, skip_invalid=skip_invalid,
+                         allow_outside_root=allow_outside_root)
     raise UserError(f"Dataset file {path} has format {fmt!r}; use 'coco', 'voc' or 'yolo'.")
 
 
-def load_dataset_spec(path_or_dir: str | Path, split: str, *, skip_invalid: bool = False) -> DatasetSplit:
+def load_dataset_spec(path_or_dir: str | Path, split: str, *, skip_invalid: bool = False,
+                      allow_outside_root: bool = False) -> DatasetSplit:
     """Load split `split` ("train", "val", ...) of a dataset YAML file or a dataset folder.
 
     YAML: `format: coco|voc|yolo`, `root` (relative to the YAML), `names` (optional) and one
@@ -708,7 +777,7 @@ def load_dataset_spec(path_or_dir: str | Path, split: str, *, skip_invalid: bool
     if not path.exists():
         raise UserError(f"Dataset path {path} does not exist; {_LAYOUT_HELP}.")
     if path.is_dir():
-        return _load_folder(path, split, skip_invalid=skip_invalid)
+        return _load_folder(path, split, skip_invalid=skip_invalid, allow_outside_root=allow_outside_root)
     if path.suffix.lower() not in (".yaml", ".yml"):
         raise UserError(f"Dataset path {path} is not a folder or a .yaml file; {_LAYOUT_HELP}.")
-    return _load_spec_file(path, split, skip_invalid=skip_invalid)
+    return _load_spec_file(path, split, skip_invalid=skip_invalid, allow_outside_root=allow_outside_root)

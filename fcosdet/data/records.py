@@ -29,3 +29,5 @@ class DatasetSplit:
     # One message per annotation or image a reader dropped with skip_invalid=True, so the
     # caller can print "skipped N invalid annotations/images" at the end.
     problems: list[str] = field(default_factory=list)
+    source: str = ""  # the annotation file / list the split was read from, for reports
+    clipped: int = 0  # boxes clipped to their image by more than 1 px

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 from torchvision import tv_tensors
+from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from fcosdet.errors import UserError
@@ -104,7 +105,16 @@ def denormalize_image(image: torch.Tensor, mode: str) -> torch.Tensor:
 
 
 class DetectionTransform:
-    """Keep-ratio resize (optionally multi-scale), horizontal flip, normalisation.
+    """Keep-ratio resize (optionally multi-scale), optional scale-jitter crop, horizontal flip,
+    optional photometric distortion, normalisation.
+
+    Scale-jitter crop (`crop_scale=(lo, hi)`, training only): the image is resized to f times
+    the size the plain resize gives, f uniform in [lo, hi]; when that is larger than the plain
+    size (h, w), a random window of at most (h, w) is cut out. Boxes move with the pixels,
+    are clipped to the window, and those left thinner than MIN_BOX_SIZE (outside the window)
+    are dropped with their labels. Photometric distortion (`photometric_prob` > 0, training
+    only): torchvision's RandomPhotometricDistort (brightness, contrast, saturation, hue,
+    channel order, each with that probability) on the 8-bit image; boxes are unchanged.
 
     Called as transform(image PIL RGB, target) -> (image (3, H, W) float32, target); target
     holds boxes (G, 4) x1y1x2y2 and labels (G,) (tensors or arrays), optionally iscrowd (G,);
@@ -113,7 +123,12 @@ class DetectionTransform:
 
     def __init__(self, *, train: bool, scale: Sequence[int] = (1333, 800),
                  multiscale_short: Sequence[int] | None = None, flip_prob: float = 0.5,
-                 normalize: str = "caffe") -> None:
+                 normalize: str = "caffe", crop_scale: Sequence[float] | None = None,
+                 photometric_prob: float = 0.0) -> None:
+        if crop_scale is not None and (len(crop_scale) != 2 or not 0 < crop_scale[0] <= crop_scale[1]):
+            raise UserError(f"data.crop_scale {crop_scale!r} must be two factors 0 < lo <= hi, e.g. [0.5, 1.5].")
+        if not 0.0 <= photometric_prob <= 1.0:
+            raise UserError(f"data.photometric_prob {photometric_prob} must be in [0, 1].")
         if normalize not in NORMALIZE_MODES:
             raise UserError(f"Unknown normalisation {normalize!r}; use one of {NORMALIZE_MODES}.")
         if len(scale) != 2 or min(scale) <= 0:
@@ -127,11 +142,13 @@ class DetectionTransform:
         self.short_choices = [int(s) for s in multiscale_short] if use_multiscale else [self.short]
         self.flip_prob = float(flip_prob) if train else 0.0
         self.normalize = normalize
+        self.crop_scale = tuple(float(f) for f in crop_scale) if train and crop_scale is not None else None
+        self.photometric = v2.RandomPhotometricDistort(p=photometric_prob) if train and photometric_prob > 0 else None
 
     def __repr__(self) -> str:
         return (f"DetectionTransform(train={self.train}, max_long={self.max_long}, "
                 f"short_choices={self.short_choices}, flip_prob={self.flip_prob}, "
-                f"normalize={self.normalize!r})")
+                f"normalize={self.normalize!r}, crop_scale={self.crop_scale}, photometric={self.photometric})")
 
     def _pick_short(self) -> int:
         if len(self.short_choices) == 1:
@@ -145,12 +162,24 @@ class DetectionTransform:
             torch.as_tensor(np.asarray(target["boxes"]), dtype=torch.float32).reshape(-1, 4),  # (G, 4)
             format=tv_tensors.BoundingBoxFormat.XYXY, canvas_size=(height0, width0))
         height, width = keep_ratio_size(height0, width0, short=self._pick_short(), max_long=self.max_long)
+        window = None
+        if self.crop_scale is not None:
+            factor = float(torch.empty(()).uniform_(*self.crop_scale))
+            window = (height, width)
+            height, width = max(1, int(height * factor + 0.5)), max(1, int(width * factor + 0.5))
         if (height, width) != (height0, width0):
             pixels = TF.resize(pixels, [height, width], antialias=True)  # (3, H, W)
             boxes = TF.resize(boxes, [height, width])  # (G, 4) scaled by (W / W0, H / H0)
+        if window is not None and (height > window[0] or width > window[1]):
+            top = int(torch.randint(height - min(height, window[0]) + 1, ()))
+            left = int(torch.randint(width - min(width, window[1]) + 1, ()))
+            height, width = min(height, window[0]), min(width, window[1])
+            pixels, boxes = crop(pixels, boxes, top=top, left=left, height=height, width=width)
         if self.flip_prob > 0 and torch.rand(()).item() < self.flip_prob:
             pixels = TF.horizontal_flip(pixels)
             boxes = TF.horizontal_flip(boxes)  # x1' = W - x2, x2' = W - x1
+        if self.photometric is not None:
+            pixels = self.photometric(pixels)  # (3, H, W) uint8, boxes unchanged
         return normalize_image(pixels.as_subclass(torch.Tensor), self.normalize), self._finish_target(
             target, boxes.as_subclass(torch.Tensor), orig_size=(height0, width0), img_size=(height, width))
 
@@ -172,9 +201,18 @@ class DetectionTransform:
         return out
 
 
+def crop(pixels: tv_tensors.Image, boxes: tv_tensors.BoundingBoxes, *, top: int, left: int, height: int,
+         width: int) -> tuple[tv_tensors.Image, tv_tensors.BoundingBoxes]:
+    """The window rows [top, top + height), columns [left, left + width): image (3, height, width);
+    boxes (G, 4) shifted by (-left, -top) and clipped to the window (outside ones become empty
+    and are dropped later with their labels)."""
+    return TF.crop(pixels, top, left, height, width), TF.crop(boxes, top, left, height, width)
+
+
 def build_transforms(*, train: bool, scale: Sequence[int] = (1333, 800),
                      multiscale_short: Sequence[int] | None = None, flip_prob: float = 0.5,
-                     normalize: str = "caffe") -> DetectionTransform:
+                     normalize: str = "caffe", crop_scale: Sequence[float] | None = None,
+                     photometric_prob: float = 0.0) -> DetectionTransform:
     """The transform for training (`train=True`: random short side from `multiscale_short`,
     flip with `flip_prob`) or evaluation (fixed `scale`, no flip).
 
@@ -184,4 +222,5 @@ def build_transforms(*, train: bool, scale: Sequence[int] = (1333, 800),
     mean, for Caffe-style backbones) or 'pytorch' (RGB, /255, ImageNet mean/std).
     """
     return DetectionTransform(train=train, scale=scale, multiscale_short=multiscale_short,
-                              flip_prob=flip_prob, normalize=normalize)
+                              flip_prob=flip_prob, normalize=normalize, crop_scale=crop_scale,
+                              photometric_prob=photometric_prob)

@@ -9,6 +9,12 @@ Metrics: "AP" (IoU .50:.95), "AP50", "AP75", "APs", "APm", "APl" are floats in [
 COCO reports -1 (no ground truth in that area range, or none at all) the value is 0.0.
 "per_class" maps every class name to its AP (.50:.95), or to None for a class without
 (non-crowd) ground truth in the evaluated images, so the dict never holds NaN or -1.
+"AR1", "AR10", "AR100": COCO's average recall with at most 1 / 10 / 100 detections per image.
+"images", "boxes": how many images and non-crowd ground-truth boxes were evaluated;
+"boxes_by_size": non-crowd boxes per COCO area range (small <= 32², medium 32²..96², large
+>= 96², bounds inclusive as COCOeval's), so a 0.0 APs can be told from "no small boxes".
+After `evaluate()`, `pr_curves` holds per-class precision at IoU 0.5 over COCO's 101 recall
+points (all areas, 100 detections), None for a class without ground truth.
 """
 from __future__ import annotations
 
@@ -27,6 +33,9 @@ from fcosdet.data.records import ImageRecord
 from fcosdet.distributed import world_size
 
 SUMMARY_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+RECALL_KEYS = ("AR1", "AR10", "AR100")  # COCOeval stats[6:9]
+SIZE_RANGES = {"APs": ("small", 0.0, 32.0 ** 2), "APm": ("medium", 32.0 ** 2, 96.0 ** 2),
+               "APl": ("large", 96.0 ** 2, 1e10)}  # COCOeval's areaRng, bounds inclusive
 
 # One image's predictions: boxes (N, 4) float64 x1y1x2y2, scores (N,) float64, labels (N,) int64.
 Prediction = tuple[np.ndarray, np.ndarray, np.ndarray]
@@ -90,6 +99,15 @@ class CocoEvaluator:
         self._records = list(records)
         self._coco_gt = None  # built lazily: only rank 0 ever needs it
         self._predictions: dict[int, Prediction] = {}
+        self.pr_curves: dict[str, Any] | None = None  # set by evaluate() (rank 0)
+
+    @property
+    def records(self) -> list[ImageRecord]:
+        return self._records
+
+    def predictions(self) -> dict[int, Prediction]:
+        """image_id -> (boxes (N, 4) x1y1x2y2, scores (N,), labels (N,)) of the processed images."""
+        return dict(self._predictions)
 
     def reset(self) -> None:
         self._predictions = {}
@@ -172,7 +190,7 @@ class CocoEvaluator:
             coco_eval.evaluate()
             coco_eval.accumulate()
             coco_eval.summarize()
-        metrics = {key: _clean(coco_eval.stats[i]) for i, key in enumerate(SUMMARY_KEYS)}
+        metrics = {key: _clean(coco_eval.stats[i]) for i, key in enumerate(SUMMARY_KEYS + RECALL_KEYS)}
         # precision: (T iou thresholds, R recall points, K classes, A area ranges, M max-dets);
         # K follows the sorted category ids 1..C, so index k is label k.
         precision = coco_eval.eval["precision"]
@@ -182,7 +200,15 @@ class CocoEvaluator:
             values = values[values > -1]
             per_class[name] = float(values.mean()) if values.size else None
         metrics["per_class"] = per_class
-        return metrics
+        self.pr_curves = {"recall": [float(r) for r in coco_eval.params.recThrs],
+                          "precision": {name: _pr_at_50(precision, k) for k, name in enumerate(self.class_names)}}
+        return {**metrics, **self._counts()}
+
+    def _counts(self) -> dict[str, Any]:
+        """Images and non-crowd boxes evaluated, and boxes per COCO area range."""
+        anns = [a for a in self._coco_gt.dataset["annotations"] if not a["iscrowd"]]
+        by_size = {name: sum(1 for a in anns if lo <= a["area"] <= hi) for name, lo, hi in SIZE_RANGES.values()}
+        return {"images": len(self._records), "boxes": len(anns), "boxes_by_size": by_size}
 
     def _empty_metrics(self) -> dict:
         """What COCOeval would report with no detections (it cannot load an empty list)."""
@@ -190,10 +216,20 @@ class CocoEvaluator:
         for ann in self._coco_gt.dataset["annotations"]:
             if not ann["iscrowd"]:
                 has_gt[ann["category_id"] - 1] = True
-        metrics: dict[str, Any] = {key: 0.0 for key in SUMMARY_KEYS}
+        metrics: dict[str, Any] = {key: 0.0 for key in SUMMARY_KEYS + RECALL_KEYS}
         metrics["per_class"] = {name: (0.0 if has_gt[k] else None)
                                 for k, name in enumerate(self.class_names)}
-        return metrics
+        self.pr_curves = {"recall": [float(r) for r in np.linspace(0, 1, 101)],
+                          "precision": {name: ([0.0] * 101 if has_gt[k] else None)
+                                        for k, name in enumerate(self.class_names)}}
+        return {**metrics, **self._counts()}
+
+
+def _pr_at_50(precision: np.ndarray, k: int) -> list[float] | None:
+    """Class k's precision at IoU 0.5 over the recall points (all areas, 100 dets); None
+    without ground truth (COCO's -1)."""
+    values = precision[0, :, k, 0, -1]  # (R,)
+    return None if (values < 0).all() else [max(0.0, float(v)) for v in values]
 
 
 def _clean(value: float) -> float:
@@ -205,9 +241,20 @@ def _clean(value: float) -> float:
 # ---------------------------------------------------------------------- reporting helpers
 
 def format_table(metrics: dict) -> str:
-    """A plain-text table of the six summary numbers and the per-class AP."""
-    lines = ["  ".join(f"{key:>6}" for key in SUMMARY_KEYS),
-             "  ".join(f"{float(metrics.get(key, 0.0)):6.3f}" for key in SUMMARY_KEYS)]
+    """A plain-text table of the six AP numbers (n/a for a size range without ground truth),
+    AR@1/10/100, the images and boxes evaluated, and the per-class AP."""
+    keys = SUMMARY_KEYS + tuple(k for k in RECALL_KEYS if k in metrics)
+    sizes = metrics.get("boxes_by_size") or {}
+
+    def shown(key: str) -> str:  # "n/a" where a size range has no ground truth
+        if key in SIZE_RANGES and sizes.get(SIZE_RANGES[key][0]) == 0:
+            return "   n/a"
+        return f"{float(metrics.get(key, 0.0)):6.3f}"
+
+    lines = ["  ".join(f"{key:>6}" for key in keys), "  ".join(shown(key) for key in keys)]
+    if "images" in metrics:
+        lines.append(f"{metrics['images']} images, {metrics['boxes']} boxes (small / medium / large: "
+                     + " / ".join(str(sizes.get(n, 0)) for n, _, _ in SIZE_RANGES.values()) + ")")
     per_class = metrics.get("per_class") or {}
     if per_class:
         width = max(10, max(len(name) for name in per_class))

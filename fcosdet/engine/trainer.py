@@ -20,6 +20,7 @@ from tqdm import tqdm
 from ..distributed import is_main_process, world_size
 from ..errors import UserError
 from .checkpoint import rng_state, save_atomic
+from .ema import ModelEMA
 from .logging import RunLogger
 
 
@@ -31,6 +32,7 @@ class NonFiniteLossError(UserError):
 class TrainState:
     epoch: int = 0  # epochs completed
     iteration: int = 0  # optimizer steps taken
+    epoch_iter: int = 0  # batches done in the unfinished epoch `epoch` (a mid-epoch checkpoint)
     best_ap: float = -1.0
     history: list[dict[str, Any]] = field(default_factory=list)  # evaluation results per epoch
 
@@ -46,6 +48,7 @@ class StepContext:
     device: torch.device
     amp_dtype: torch.dtype | None
     grad_clip: float | None
+    ema: ModelEMA | None = None  # averaged weights, updated after every optimizer step
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
@@ -81,20 +84,32 @@ def train_step(ctx: StepContext, batch: Any, iteration: int) -> dict[str, float]
     else:
         ctx.optimizer.step()
     ctx.scheduler.step()
+    if ctx.ema is not None:
+        ctx.ema.update(ctx.model)
     return {k: v.item() for k, v in losses.items()}
 
 
 def train_one_epoch(ctx: StepContext, loader: Any, state: TrainState, *, logger: RunLogger,
-                    log_interval: int = 20, max_iters: int | None = None) -> None:
+                    log_interval: int = 20, max_iters: int | None = None,
+                    checkpoint_interval: int | None = None,
+                    save_checkpoint: Callable[[], None] | None = None) -> None:
+    """One pass over `loader` (which starts after `state.epoch_iter` batches on a mid-epoch
+    resume); every `checkpoint_interval` iterations `save_checkpoint()` writes last.pt, except
+    at the epoch's last batch, whose checkpoint follows the evaluation."""
     ctx.model.train()
     bar = tqdm(loader, desc=f"epoch {state.epoch + 1}", disable=not is_main_process(),
                dynamic_ncols=True, leave=False, mininterval=1 if sys.stderr.isatty() else 30)
     seen, start = 0, time.perf_counter()
+    epoch_batches = state.epoch_iter + len(loader)
     for batch in bar:
         if max_iters is not None and state.iteration >= max_iters:
             break
         terms = train_step(ctx, batch, state.iteration)
         state.iteration += 1
+        state.epoch_iter += 1
+        if (checkpoint_interval and save_checkpoint is not None and state.iteration % checkpoint_interval == 0
+                and state.epoch_iter < epoch_batches):
+            save_checkpoint()
         seen += len(batch.targets) * world_size()
         ips = seen / (time.perf_counter() - start)
         lr = ctx.optimizer.param_groups[0]["lr"]
@@ -127,10 +142,15 @@ def evaluate(*, model: nn.Module, postprocessor: Callable, loader: Any, evaluato
 def checkpoint_state(*, model: nn.Module, ctx: StepContext, state: TrainState,
                      config: dict[str, Any], class_names: list[str]) -> dict[str, Any]:
     bare = model.module if hasattr(model, "module") else model
-    return {"model": bare.state_dict(), "optimizer": ctx.optimizer.state_dict(),
+    # with EMA, "model" (what inference loads) holds the averaged weights, "raw_model" the
+    # trained ones (what a resume continues from)
+    ema = {} if ctx.ema is None else {"raw_model": bare.state_dict(), "ema_updates": ctx.ema.num_updates}
+    weights = bare.state_dict() if ctx.ema is None else ctx.ema.module.state_dict()
+    return {"model": weights, **ema, "optimizer": ctx.optimizer.state_dict(),
             "scheduler": ctx.scheduler.state_dict(),
             "scaler": ctx.scaler.state_dict() if ctx.scaler is not None else None,
-            "epoch": state.epoch, "iteration": state.iteration, "best_ap": state.best_ap,
+            "epoch": state.epoch, "iteration": state.iteration, "epoch_iter": state.epoch_iter,
+            "best_ap": state.best_ap,
             "history": state.history, "rng": rng_state(), "config": config,
             "class_names": class_names}
 
@@ -152,20 +172,36 @@ def fit(ctx: StepContext, state: TrainState, *, train_loader: Any, val_loader: A
         postprocessor: Callable, evaluator: Any | None, epochs: int, eval_interval: int,
         run_dir: Path, logger: RunLogger, config: dict[str, Any], class_names: list[str],
         log_interval: int = 20, max_iters: int | None = None,
-        on_eval: Callable[[dict[str, Any]], None] | None = None) -> TrainState:
+        on_eval: Callable[[dict[str, Any]], None] | None = None,
+        checkpoint_interval: int | None = None) -> TrainState:
     """Epochs from state.epoch to `epochs`: train, evaluate every `eval_interval` epochs and at
-    the end, then write last.pt (and best.pt when AP improved) atomically."""
+    the end, then write last.pt (and best.pt when AP improved) atomically; with
+    `checkpoint_interval`, last.pt also every that many iterations.
+
+    The loader's sampler must have `set_epoch` (its order a function of the seed and epoch, e.g.
+    `EpochSampler`), so that a resumed run trains on exactly the batches of an uninterrupted one;
+    a mid-epoch resume (`state.epoch_iter` > 0) also needs its `skip_batches`."""
+    sampler = getattr(train_loader, "sampler", None)
+    if not hasattr(sampler, "set_epoch"):
+        raise TypeError("fit() needs a train loader whose sampler has set_epoch (e.g. EpochSampler)")
+
+    def save_mid_epoch() -> None:
+        save_checkpoints(run_dir, checkpoint_state(model=ctx.model, ctx=ctx, state=state, config=config,
+                                                   class_names=class_names), best=False)
+
     for epoch in range(state.epoch, epochs):
-        sampler = getattr(train_loader, "sampler", None)
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)  # DistributedSampler: a new shuffle every epoch
+        sampler.set_epoch(epoch)  # the order of this epoch: a function of (seed, epoch)
+        if state.epoch_iter:
+            sampler.skip_batches(state.epoch_iter)  # resume inside the epoch
         train_one_epoch(ctx, train_loader, state, logger=logger, log_interval=log_interval,
-                        max_iters=max_iters)
-        state.epoch = epoch + 1
+                        max_iters=max_iters, checkpoint_interval=checkpoint_interval,
+                        save_checkpoint=save_mid_epoch)
+        state.epoch, state.epoch_iter = epoch + 1, 0
         done = state.epoch == epochs or (max_iters is not None and state.iteration >= max_iters)
         best = False
         if val_loader is not None and (state.epoch % eval_interval == 0 or done):
-            metrics = evaluate(model=ctx.model, postprocessor=postprocessor, loader=val_loader,
+            metrics = evaluate(model=ctx.model if ctx.ema is None else ctx.ema.module,
+                               postprocessor=postprocessor, loader=val_loader,
                                evaluator=evaluator, device=ctx.device, amp_dtype=ctx.amp_dtype)
             summary = {k: v for k, v in metrics.items() if isinstance(v, float)}
             state.history.append({"epoch": state.epoch, **summary})

@@ -17,6 +17,7 @@ from torchvision.models.resnet import BasicBlock
 from torchvision.ops import FrozenBatchNorm2d
 
 from ..errors import UserError
+from ..hub import is_torchvision_name, load_torchvision_state_dict, torchvision_weights
 
 
 def resnet10(*, weights: None = None, norm_layer: Callable[[int], nn.Module]) -> ResNet:
@@ -84,7 +85,13 @@ class ResNetBackbone(nn.Module):
 
 
 def load_torchvision_weights(body: nn.Module, path: str | Path) -> None:
-    """Load a torchvision-format ResNet state_dict (`conv1.weight`, `layer1.0...`; `fc.*` ignored)."""
+    """Load a torchvision-format ResNet state_dict (`conv1.weight`, `layer1.0...`; `fc.*` ignored)
+    from a file, or torchvision's published weights by enum name
+    (`torchvision:ResNet50_Weights.IMAGENET1K_V2`, downloaded into torch.hub's cache)."""
+    if is_torchvision_name(path):
+        state = load_torchvision_state_dict(torchvision_weights(str(path)))
+        _load_resnet_state(body, state, str(path))
+        return
     path = Path(path)
     if not path.is_file():
         raise UserError(f"backbone weights {path} do not exist; give the path of a torchvision "
@@ -96,6 +103,11 @@ def load_torchvision_weights(body: nn.Module, path: str | Path) -> None:
                         f"torch.save(model.state_dict(), path)") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
+    _load_resnet_state(body, state, str(path))
+
+
+def _load_resnet_state(body: nn.Module, state: dict[str, Tensor], path: str) -> None:
+    """Copy a torchvision ResNet state_dict into `body`; any missing / extra / misshapen key is an error."""
     state = {k.removeprefix("module."): v for k, v in state.items() if not k.startswith("fc.")}
     own = body.state_dict()
     missing = sorted(k for k in own if k not in state and not k.endswith("num_batches_tracked"))

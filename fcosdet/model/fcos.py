@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from .backbone import ResNetBackbone
 from .fpn import FCOSFPN
-from .head import FCOSHead
+from .head import FCOSHead, FCOSOutputs
 
 
 class FCOS(nn.Module):
@@ -22,6 +22,6 @@ class FCOS(nn.Module):
     def strides(self) -> tuple[int, ...]:
         return self.head.strides
 
-    def forward(self, images: Tensor) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+    def forward(self, images: Tensor) -> FCOSOutputs:
         """images (B, 3, H, W) -> per level: cls (B, C, h, w), bbox (B, 4, h, w), ctr (B, 1, h, w)."""
         return self.head(self.fpn(self.backbone(images)))

@@ -10,12 +10,20 @@ the post-processor's job, so the head behaves the same in train and eval mode).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import DeformConv2d
+
+
+class FCOSOutputs(NamedTuple):
+    """The model's raw outputs, one tensor per level (L entries each), consumed by
+    FCOSCriterion (training) and FCOSPostProcessor (inference)."""
+    cls_scores: list[Tensor]  # L x (B, C, H, W) classification logits
+    bbox_preds: list[Tensor]  # L x (B, 4, H, W) distances (l, t, r, b): pixels, or strides with norm_on_bbox
+    centernesses: list[Tensor]  # L x (B, 1, H, W) centerness logits
 
 
 class Scale(nn.Module):
@@ -61,7 +69,10 @@ class FCOSHead(nn.Module):
                  stacked_convs: int = 4, strides: Sequence[int] = (8, 16, 32, 64, 128),
                  norm: str | None = "gn", conv_bias: bool | None = None,
                  norm_on_bbox: bool = False, centerness_on_reg: bool = False,
-                 dcn_on_last_conv: bool = False, prior_prob: float = 0.01) -> None:
+                 dcn_on_last_conv: bool = False, prior_prob: float = 0.01,
+                 learnable_scale: bool = True) -> None:
+        """learnable_scale=False drops the per-level Scale (torchvision's FCOSHead has none: with
+        norm_on_bbox its distances are ReLU(conv) strides, decoded x stride like here)."""
         super().__init__()
         if norm not in ("gn", None):
             raise ValueError(f"head norm must be 'gn' or None, got {norm!r}")
@@ -76,7 +87,7 @@ class FCOSHead(nn.Module):
         self.conv_cls = nn.Conv2d(feat_channels, num_classes, 3, padding=1)
         self.conv_reg = nn.Conv2d(feat_channels, 4, 3, padding=1)
         self.conv_centerness = nn.Conv2d(feat_channels, 1, 3, padding=1)
-        self.scales = nn.ModuleList(Scale(1.0) for _ in self.strides)
+        self.scales = nn.ModuleList(Scale(1.0) if learnable_scale else nn.Identity() for _ in self.strides)
         self._init_weights(prior_prob)
 
     def _init_weights(self, prior_prob: float) -> None:
@@ -92,7 +103,7 @@ class FCOSHead(nn.Module):
                 nn.init.zeros_(m.offset.bias)
         nn.init.constant_(self.conv_cls.bias, -math.log((1 - prior_prob) / prior_prob))
 
-    def forward_level(self, x: Tensor, scale: Scale) -> tuple[Tensor, Tensor, Tensor]:
+    def forward_level(self, x: Tensor, scale: nn.Module) -> tuple[Tensor, Tensor, Tensor]:
         cls_feat = self.cls_tower(x)  # (B, F, H, W)
         reg_feat = self.reg_tower(x)  # (B, F, H, W)
         cls_score = self.conv_cls(cls_feat)  # (B, C, H, W)
@@ -103,9 +114,9 @@ class FCOSHead(nn.Module):
             bbox = F.relu(bbox) if self.norm_on_bbox else bbox.exp()
         return cls_score, bbox, centerness
 
-    def forward(self, feats: Sequence[Tensor]) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+    def forward(self, feats: Sequence[Tensor]) -> FCOSOutputs:
         if len(feats) != len(self.scales):
             raise ValueError(f"head expects {len(self.scales)} levels, got {len(feats)}")
         outs = [self.forward_level(x, s) for x, s in zip(feats, self.scales)]
         cls_scores, bbox_preds, centernesses = (list(t) for t in zip(*outs))
-        return cls_scores, bbox_preds, centernesses
+        return FCOSOutputs(cls_scores, bbox_preds, centernesses)

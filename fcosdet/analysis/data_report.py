@@ -1,0 +1,198 @@
+"""The dataset report of `fcosdet check-data`: counts, box sizes and how the config assigns the boxes.
+
+Dimensions: G boxes, L levels, C classes. Sizes: COCO's small / medium / large use the area in
+original pixels (here with exclusive bounds: small < 32², medium < 96², large the rest); the
+training-scale sizes are sqrt(w * h) of the box after the resize `data.scale` gives it. A box's
+level is the level holding most of its positive points (ties go to the finer level).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from fcosdet.analysis.assignment import AssignSettings, assign_images, resized_boxes
+from fcosdet.data.records import ImageRecord
+
+COCO_BOUNDS = (32 ** 2, 96 ** 2)  # area bounds of small / medium / large, original pixels
+SIZE_EDGES = (0, 8, 16, 32, 64, 128, 256, 512, float("inf"))  # sqrt(area) bins at the training scale
+SUGGEST_SHARE = 0.01  # suggest other settings when more than this share of boxes gets no point
+CHUNK = 32  # images assigned per call
+
+
+def level_names(strides: Sequence[int]) -> list[str]:
+    return [f"P{int(np.log2(s))}" for s in strides]
+
+
+def assign_split(records: Sequence[ImageRecord], settings: AssignSettings) -> dict[str, Any]:
+    """Assignment statistics of every (non-crowd) box: per-level box counts (by majority level),
+    boxes with no positive point (as (image path, box index) pairs), positives per box, and
+    the sqrt(area) of each box at the training scale."""
+    levels = len(settings.strides)
+    per_level = np.zeros(levels, dtype=np.int64)  # (L,) boxes per majority level
+    missing, positives, sizes = [], [], []
+    for start in range(0, len(records), CHUNK):
+        chunk = records[start:start + CHUNK]
+        resized = [resized_boxes(r, settings.scale) for r in chunk]
+        views = assign_images([b for b, _, _ in resized], [s for _, _, s in resized], settings)
+        for record, (boxes, _, _), view in zip(chunk, resized, views):
+            counts = view.positives_per_box_level()  # (G, L)
+            total = counts.sum(dim=1)  # (G,)
+            major = counts.argmax(dim=1)  # (G,) first maximum = the finer level on ties
+            per_level += np.bincount(major[total > 0].numpy(), minlength=levels)
+            missing += [(record.path, int(g)) for g in torch.nonzero(total == 0).reshape(-1)]
+            positives += total.tolist()
+            wh = (boxes[:, 2:] - boxes[:, :2]).clamp(min=0)  # (G, 2)
+            sizes += torch.sqrt(wh[:, 0] * wh[:, 1]).tolist()
+    return {"per_level": per_level, "missing": missing, "positives": positives, "sizes": sizes}
+
+
+def _candidates(settings: AssignSettings) -> list[tuple[str, AssignSettings]]:
+    """Other settings worth trying when boxes get no point: every regress-range bound x2 and x4
+    (small and thin boxes go to finer levels, with more points), and with center sampling a
+    radius of 2.5 strides or no center sampling."""
+    out = []
+    for factor in (2, 4):
+        ranges = tuple((lo if lo < 0 else lo * factor, hi if hi >= 1e8 else hi * factor)
+                       for lo, hi in settings.regress_ranges)
+        text = "[" + ",".join(f"[{lo:g},{hi:g}]" for lo, hi in ranges) + "]"
+        out.append((f"model.regress_ranges={text}", replace(settings, regress_ranges=ranges)))
+    if settings.center_sampling:
+        out.append(("model.center_sample_radius=2.5", replace(settings, center_sample_radius=2.5)))
+        out.append(("model.center_sampling=false", replace(settings, center_sampling=False)))
+    return out
+
+
+def suggest(records: Sequence[ImageRecord], settings: AssignSettings) -> list[dict[str, Any]]:
+    """The boxes without a positive point under each candidate setting, best first."""
+    tried = [{"set": text, "no_positive": len(assign_split(records, s)["missing"])}
+             for text, s in _candidates(settings)]
+    return sorted(tried, key=lambda t: t["no_positive"])
+
+
+def split_report(records: Sequence[ImageRecord], class_names: Sequence[str],
+                 settings: AssignSettings) -> dict[str, Any]:
+    """Everything the report says about one split, JSON-ready."""
+    labels, areas = [], []
+    for r in records:
+        crowd = np.asarray(r.iscrowd, bool).reshape(-1)
+        keep = ~crowd if crowd.size else np.ones(len(r.labels), bool)
+        labels += np.asarray(r.labels, np.int64).reshape(-1)[keep].tolist()
+        b = np.asarray(r.boxes, np.float64).reshape(-1, 4)[keep]  # (G, 4)
+        areas += ((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])).tolist()
+    per_class = np.bincount(np.asarray(labels, np.int64), minlength=len(class_names))  # (C,)
+    present = per_class[per_class > 0]
+    areas_np = np.asarray(areas)
+    coco = {"small": int((areas_np < COCO_BOUNDS[0]).sum()),
+            "medium": int(((areas_np >= COCO_BOUNDS[0]) & (areas_np < COCO_BOUNDS[1])).sum()),
+            "large": int((areas_np >= COCO_BOUNDS[1]).sum())}
+    assigned = assign_split(records, settings)
+    hist, _ = np.histogram(assigned["sizes"], bins=SIZE_EDGES)
+    names = level_names(settings.strides)
+    missing = len(assigned["missing"])
+    report = {
+        "images": len(records), "boxes": len(labels),
+        "images_without_boxes": sum(1 for r in records if len(r.boxes) == 0),
+        "per_class": {name: int(n) for name, n in zip(class_names, per_class)},
+        "imbalance": float(present.max() / present.min()) if present.size else None,
+        "coco_sizes": coco,
+        "train_scale": list(settings.scale),
+        "train_scale_sizes": {_bin_name(a, b): int(n) for a, b, n in zip(SIZE_EDGES[:-1], SIZE_EDGES[1:], hist)},
+        "levels": {n: int(c) for n, c in zip(names, assigned["per_level"])},
+        "no_positive": missing,
+        "no_positive_examples": [{"image": p, "box": g} for p, g in assigned["missing"][:20]],
+        "mean_positives_per_box": float(np.mean(assigned["positives"])) if assigned["positives"] else 0.0,
+        "suggestions": [],
+    }
+    if report["boxes"] and missing > SUGGEST_SHARE * report["boxes"]:
+        report["suggestions"] = suggest(records, settings)
+    return report
+
+
+def _bin_name(lo: float, hi: float) -> str:
+    return f"{lo:g}-{hi:g}" if hi != float("inf") else f">={lo:g}"
+
+
+def _share(n: int, total: int) -> str:
+    return f"{n} ({100.0 * n / total:.1f}%)" if total else str(n)
+
+
+def format_report(report: dict[str, Any], *, fmt: str, config: str) -> str:
+    """The lines check-data prints under a split's summary line (which names the file read)."""
+    total = report["boxes"]
+    ranked = sorted(report["per_class"].items(), key=lambda kv: -kv[1])
+    classes = ", ".join(f"{k} {v}" for k, v in ranked[:12])
+    classes += f", ... {len(ranked) - 12} more" if len(ranked) > 12 else ""
+    empty = [k for k, v in ranked if v == 0]
+    imbalance = "n/a" if report["imbalance"] is None else f"{report['imbalance']:.1f}:1"
+    lines = [f"  format: {fmt}",
+             f"  boxes per class: {classes} (imbalance most/least {imbalance}"
+             + (f"; {len(empty)} classes without boxes: {', '.join(empty[:8])})" if empty else ")"),
+             "  COCO sizes (original pixels): " + ", ".join(f"{k} {_share(v, total)}"
+                                                          for k, v in report["coco_sizes"].items()),
+             f"  sqrt(area) at training scale {tuple(report['train_scale'])}: "
+             + ", ".join(f"{k}px {v}" for k, v in report["train_scale_sizes"].items() if v),
+             f"  levels ({config}): " + ", ".join(f"{k} {_share(v, total)}" for k, v in report["levels"].items())
+             + f"; no positive point: {_share(report['no_positive'], total)}; "
+             f"{report['mean_positives_per_box']:.1f} positives per box"]
+    if report["suggestions"]:
+        best = report["suggestions"][0]
+        if best["no_positive"] < report["no_positive"]:
+            lines.append(f"  suggestion: --set {best['set']} leaves {best['no_positive']} boxes without a point "
+                         f"(instead of {report['no_positive']}); tried: "
+                         + "; ".join(f"{s['set']} -> {s['no_positive']}" for s in report["suggestions"][1:]))
+        else:
+            lines.append("  no regress_ranges / center sampling change gives these boxes a point: they are "
+                         "smaller than the stride-8 grid at this scale; a larger data.scale would")
+    return "\n".join(lines)
+
+
+def plot_report(split: str, report: dict[str, Any], out_png: Path) -> Path:
+    """Boxes per class, sizes at the training scale and boxes per level, in one PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(16, 3.6))
+    FigureCanvasAgg(fig)
+    ranked = sorted(report["per_class"].items(), key=lambda kv: -kv[1])
+    shown = dict(ranked[:20])  # (at most 20 classes, most boxes first)
+    panels = [(f"boxes per class{'' if len(ranked) <= 20 else f' (top 20 of {len(ranked)})'}", shown),
+              ("COCO sizes (original px)", report["coco_sizes"]),
+              (f"sqrt(area) px at scale {tuple(report['train_scale'])}", report["train_scale_sizes"]),
+              ("boxes per FPN level", {**report["levels"], "none": report["no_positive"]})]
+    for i, (title, values) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        keys = list(values)
+        colours = ["#c0392b" if k == "none" else "#2e86c1" for k in keys]
+        ax.bar(range(len(keys)), [values[k] for k in keys], color=colours)
+        ax.set_xticks(range(len(keys)), keys, rotation=45 if len(keys) > 6 else 0, ha="right" if len(keys) > 6
+                      else "center", fontsize=7)
+        ax.set_title(f"{split}: {title}", fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=80)
+    return out_png
+
+
+def write_report(reports: dict[str, dict[str, Any]], out_dir: Path) -> list[Path]:
+    """report.json (every split) and one PNG per split."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "report.json").write_text(json.dumps(reports, indent=2) + "\n")
+    return [out_dir / "report.json"] + [plot_report(s, r, out_dir / f"{s}_report.png") for s, r in reports.items()]
+
+
+def draw_labels(records: Sequence[ImageRecord], class_names: Sequence[str], count: int, out_dir: Path) -> int:
+    """The first `count` images with their boxes and class names drawn (original pixels)."""
+    from fcosdet.data.transforms import load_image
+    from fcosdet.viz import draw_detections
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for r in records[:count]:
+        drawn = draw_detections(load_image(r.path), boxes=r.boxes, labels=r.labels, scores=None,
+                                class_names=list(class_names))
+        drawn.save(out_dir / f"{Path(r.path).stem}_labels.jpg", quality=90)
+    return min(count, len(records))

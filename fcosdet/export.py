@@ -1,0 +1,146 @@
+"""Exporters: a trained model as a safetensors weights file, an ONNX graph or a torch.export
+program (`fcosdet export CHECKPOINT --format weights|onnx|torchscript --out PATH`).
+
+Dimensions: B images, Hp x Wp the padded batch (multiples of 32), D detections of the batch.
+
+The ONNX graph and the torch.export program hold the whole detector: network, per-level
+decoding clipped to each image, score, threshold, top-k per level, class-aware NMS and
+max_per_img (`DetectorGraph` = FCOS + `FCOSPostProcessor.detect`), traced once by torch.export
+with dynamic B, Hp and Wp, so one file serves every image size. Inputs:
+  images       (B, 3, Hp, Wp) float32: resized, normalised, zero-padded at the bottom / right
+  image_sizes  (B, 2) int64: the valid (h, w) of each image before padding
+Outputs: boxes (D, 4) x1, y1, x2, y2 in the resized frame, scores (D,), labels (D,) int64 in
+[0, C), batch_index (D,) int64. The ONNX file's metadata_props ("fcosdet.*", JSON values)
+carry the class names, the normalisation, the resize scale, the strides and the test settings,
+so that onnxruntime alone can run it (see README: "Export").
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+from .build import InferenceParts
+from .data.transforms import CAFFE_MEAN_BGR, IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
+from .errors import UserError
+from .runtime import META_PREFIX, DetectorGraph
+
+FORMATS = ("onnx", "torchscript", "weights")
+SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt2", "weights": ".safetensors"}
+SIZE_DIVISOR = 32
+ONNX_OPSET = 18
+
+
+def normalisation_metadata(mode: str) -> dict[str, Any]:
+    """How to turn 8-bit RGB pixels into the network's input: x = (pixel[order] * scale - mean) / std."""
+    if mode == "caffe":
+        return {"mode": "caffe", "channel_order": "BGR", "pixel_scale": 1.0, "mean": list(CAFFE_MEAN_BGR),
+                "std": [1.0, 1.0, 1.0]}
+    return {"mode": mode, "channel_order": "RGB", "pixel_scale": 1.0 / 255.0, "mean": list(IMAGENET_MEAN_RGB),
+            "std": list(IMAGENET_STD_RGB)}
+
+
+def export_metadata(parts: InferenceParts) -> dict[str, Any]:
+    cfg = parts.config
+    long_side, short_side = max(cfg.data.scale), min(cfg.data.scale)
+    return {"class_names": parts.class_names, "normalize": normalisation_metadata(cfg.data.normalize),
+            "scale": [long_side, short_side],
+            "resize": f"keep the aspect ratio: factor = min({short_side} / short side, {long_side} / long side), "
+                      f"new size = int(size * factor + 0.5), bilinear with antialias",
+            "size_divisor": SIZE_DIVISOR, "strides": list(cfg.model.strides),
+            "test": {"score_thr": cfg.test.score_thr, "nms_iou": cfg.test.nms_iou, "nms_pre": cfg.test.nms_pre,
+                     "max_per_img": cfg.test.max_per_img, "sqrt_score": cfg.test.sqrt_score},
+            "inputs": "images (B, 3, H, W) float32 normalised, zero-padded to multiples of size_divisor; "
+                      "image_sizes (B, 2) int64 valid (h, w)",
+            "outputs": "boxes (D, 4) x1y1x2y2 in the resized frame, scores (D,), labels (D,), batch_index (D,)",
+            "version": __version__, "config": parts.config.to_dict()}
+
+
+def check_out(out: Path, fmt: str, *, overwrite: bool) -> None:
+    if fmt not in FORMATS:
+        raise UserError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
+    if out.suffix != SUFFIXES[fmt]:
+        raise UserError(f"--out {out} must end in {SUFFIXES[fmt]} for --format {fmt}")
+    if out.exists() and not overwrite:
+        raise UserError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
+
+
+def export_weights(parts: InferenceParts, out: Path) -> Path:
+    """Weights only (no optimiser state), config and class names in the metadata."""
+    from safetensors.torch import save_file
+    tensors = {k: v.detach().cpu().contiguous() for k, v in parts.model.state_dict().items()}
+    meta = {f"{META_PREFIX}config": json.dumps(parts.config.to_dict()),
+            f"{META_PREFIX}class_names": json.dumps(parts.class_names),
+            f"{META_PREFIX}version": json.dumps(__version__)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out), metadata=meta)
+    return out
+
+
+class _PlainOutputs(torch.nn.Module):
+    """Returns (boxes, scores, labels, batch_index) as a plain tuple: a program loaded without
+    fcosdet cannot rebuild the `Detections` NamedTuple."""
+
+    def __init__(self, detector: DetectorGraph) -> None:
+        super().__init__()
+        self.detector = detector  # not `graph`: torch.fx's GraphModule owns that name
+
+    def forward(self, images: torch.Tensor, image_sizes: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.detector(images, image_sizes))
+
+
+def export_program(parts: InferenceParts) -> torch.export.ExportedProgram:
+    """`DetectorGraph` traced by torch.export with a dynamic batch, height and width."""
+    if parts.config.model.dcn_on_last_conv:
+        raise UserError("models with model.dcn_on_last_conv=true cannot be exported (deformable "
+                        "convolution has no ONNX operator); use the .pt or .safetensors file")
+    graph = _PlainOutputs(DetectorGraph(model=parts.model.eval(), postprocessor=parts.postprocessor)).eval()
+    images = torch.zeros(2, 3, 12 * SIZE_DIVISOR, 15 * SIZE_DIVISOR)  # (B, 3, Hp, Wp) example
+    sizes = torch.tensor([[12 * SIZE_DIVISOR, 15 * SIZE_DIVISOR], [300, 400]])  # (B, 2)
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    height = SIZE_DIVISOR * torch.export.Dim("height_32", min=2, max=512)
+    width = SIZE_DIVISOR * torch.export.Dim("width_32", min=2, max=512)
+    dynamic = {"images": {0: batch, 2: height, 3: width}, "image_sizes": {0: batch}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torchvision's meta kernels warn about deprecated names
+        return torch.export.export(graph, (images, sizes), dynamic_shapes=dynamic, strict=False)
+
+
+def export_onnx(parts: InferenceParts, out: Path, *,
+                program: torch.export.ExportedProgram | None = None) -> Path:
+    """The ONNX graph (torch.onnx's dynamo exporter over `export_program`) with the metadata."""
+    import onnx
+    program = export_program(parts) if program is None else program
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        onnx_program = torch.onnx.export(program, dynamo=True, opset_version=ONNX_OPSET, verbose=False,
+                                         input_names=["images", "image_sizes"],
+                                         output_names=["boxes", "scores", "labels", "batch_index"])
+    model = onnx_program.model_proto
+    for key, value in export_metadata(parts).items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = f"{META_PREFIX}{key}", json.dumps(value)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(out))
+    return out
+
+
+def export_torch_program(parts: InferenceParts, out: Path, *,
+                         program: torch.export.ExportedProgram | None = None) -> Path:
+    """A torch.export program (.pt2): torch.export.load(path).module()(images, image_sizes),
+    with `import torchvision` for its NMS operator; the metadata rides along as extra files."""
+    program = export_program(parts) if program is None else program
+    out.parent.mkdir(parents=True, exist_ok=True)
+    extra = {"fcosdet_metadata.json": json.dumps(export_metadata(parts))}
+    torch.export.save(program, str(out), extra_files=extra)
+    return out
+
+
+def export_model(parts: InferenceParts, fmt: str, out: Path, *, overwrite: bool = False) -> Path:
+    check_out(out, fmt, overwrite=overwrite)
+    {"weights": export_weights, "onnx": export_onnx, "torchscript": export_torch_program}[fmt](parts, out)
+    return out
