@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from .errors import UserError
 
@@ -16,7 +17,13 @@ def _parser() -> argparse.ArgumentParser:
     from . import __version__
     p.add_argument("--version", action="version", version=f"fcosdet {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
+    for add in (_add_train, _add_eval, _add_predict, _add_export, _add_demo, _add_show_targets,
+                _add_import_weights, _add_check_data):
+        add(sub)
+    return p
 
+
+def _add_train(sub: Any) -> None:
     t = sub.add_parser("train", help="train a detector", description="Train FCOS on a dataset. "
                        "Launch with torchrun for several GPUs or nodes.")
     t.add_argument("config", help="a preset (fcos_r50_1x, fcos_r50_tricks_1x, fcos_r18_cpu, "
@@ -30,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--skip-invalid", action="store_true",
                    help="drop invalid annotations/images (counted and reported) instead of stopping")
 
+
+def _add_eval(sub: Any) -> None:
     e = sub.add_parser("eval", help="COCO mAP of a checkpoint on a dataset split")
     e.add_argument("checkpoint", type=Path)
     e.add_argument("--data", help="dataset YAML or folder (default: the one the model was trained on)")
@@ -41,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="change a test setting, e.g. --set test.nms_iou=0.6 (test.* keys; repeatable)")
     e.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16: bf16 autocast (opt-in)")
 
+
+def _add_predict(sub: Any) -> None:
     pr = sub.add_parser("predict", help="detect objects in images or folders")
     pr.add_argument("checkpoint", type=Path)
     pr.add_argument("sources", nargs="+", help="image files or folders")
@@ -53,6 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                     help="bf16: bf16 autocast (opt-in: detections move slightly; fast only with native bf16)")
 
+
+def _add_export(sub: Any) -> None:
     ex = sub.add_parser("export", help="export a trained model: ONNX, torch.export program or safetensors weights",
                         description="Export a checkpoint (or a .safetensors weights file). onnx: the whole "
                         "detector (network, decoding, NMS) in one graph for onnxruntime, metadata included; "
@@ -65,12 +78,16 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="change a test setting baked into the export, e.g. --set test.score_thr=0.3")
 
+
+def _add_demo(sub: Any) -> None:
     d = sub.add_parser("demo", help="train and evaluate on the built-in shapes dataset (2 CPU cores, under 10 min); "
                        "replaces its --run-dir")
     d.add_argument("--run-dir", type=Path, default=Path("runs/demo"))
     d.add_argument("--data-dir", type=Path, default=Path("runs/shapes-data"))
     d.add_argument("--epochs", type=int, help="override the demo's number of epochs")
 
+
+def _add_show_targets(sub: Any) -> None:
     st = sub.add_parser("show-targets", help="draw the points each box gets on each FPN level",
                         description="Per image, a figure with a panel per FPN level (image at the training "
                         "resize, anchor points, positive points coloured by box, centerness target) and a "
@@ -84,6 +101,8 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--split", default="train")
     st.add_argument("--out", type=Path, default=Path("runs/targets"), help="output folder (default runs/targets)")
 
+
+def _add_import_weights(sub: Any) -> None:
     iw = sub.add_parser("import-weights", help="turn another library's trained weights into an fcosdet "
                         "checkpoint", description="Convert torchvision's fcos_resnet50_fpn weights (a "
                         "state_dict file, or COCO_V1: downloaded into torch.hub's cache when online) into a "
@@ -94,6 +113,8 @@ def _parser() -> argparse.ArgumentParser:
     iw.add_argument("--class-names", help="comma-separated class names of a torchvision FCOS trained on "
                     "your own classes (its labels 1..K; default: COCO's 91-id list)")
 
+
+def _add_check_data(sub: Any) -> None:
     c = sub.add_parser("check-data", help="decode every image and validate every annotation")
     c.add_argument("dataset", help="dataset YAML or folder")
     c.add_argument("--splits", nargs="+", default=["train", "val"])
@@ -104,8 +125,6 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--draw", type=int, default=0, metavar="N", help="draw N images per split with their labels "
                    "(needs --out)")
     c.add_argument("--out", type=Path, help="write report.json, PNG plots and drawn images here")
-    return p
-
 
 def run(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)

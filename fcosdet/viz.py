@@ -69,7 +69,7 @@ def draw_detections(image: Image.Image, *, boxes: Any, labels: Any, scores: Any 
 
 # ---------------------------------------------------------------------- training curves
 
-def _read_log(log_jsonl: Path) -> list[dict]:
+def read_log(log_jsonl: Path) -> list[dict]:
     try:
         lines = Path(log_jsonl).read_text().splitlines()
     except OSError as exc:
@@ -89,7 +89,7 @@ def _read_log(log_jsonl: Path) -> list[dict]:
     return rows
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -99,17 +99,17 @@ def plot_curves(log_jsonl: str | Path, out_png: str | Path) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    rows = _read_log(Path(log_jsonl))
-    train_rows = [r for r in rows if _is_number(r.get("iter")) and "AP" not in r]
-    eval_rows = [r for r in rows if _is_number(r.get("AP"))]
+    rows = read_log(Path(log_jsonl))
+    train_rows = [r for r in rows if is_number(r.get("iter")) and "AP" not in r]
+    eval_rows = [r for r in rows if is_number(r.get("AP"))]
     loss_keys = sorted({k for r in train_rows for k, v in r.items()
-                        if k.startswith("loss") and _is_number(v)})
+                        if k.startswith("loss") and is_number(v)})
     panels = 2 if eval_rows else 1
     fig = Figure(figsize=(6.5 * panels, 4.5))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, panels, 1)
     for key in loss_keys:
-        points = [(r["iter"], r[key]) for r in train_rows if _is_number(r.get(key))]
+        points = [(r["iter"], r[key]) for r in train_rows if is_number(r.get(key))]
         xs, ys = zip(*points)
         ax.plot(xs, ys, label=key, linewidth=1.2 if key == "loss" else 0.9)
     ax.set_xlabel("iteration")
@@ -128,10 +128,10 @@ def plot_curves(log_jsonl: str | Path, out_png: str | Path) -> Path:
 
 
 def _plot_eval(ax, eval_rows: list[dict]) -> None:
-    x_key = "epoch" if all(_is_number(r.get("epoch")) for r in eval_rows) else "iter"
+    x_key = "epoch" if all(is_number(r.get("epoch")) for r in eval_rows) else "iter"
     for key in ("AP", "AP50", "AP75"):
         points = [(r.get(x_key, i), r[key]) for i, r in enumerate(eval_rows)
-                  if _is_number(r.get(key))]
+                  if is_number(r.get(key))]
         if points:
             xs, ys = zip(*points)
             ax.plot(xs, ys, marker="o", markersize=3, label=key)

@@ -11,9 +11,10 @@ import base64
 import html
 import io
 import json
-import math
 from pathlib import Path
 from typing import Any
+
+from ..viz import is_number, read_log
 
 SAMPLES = 4  # validation images drawn ground truth | detections
 # Marks the page for the browser test: all images decoded, no script error.
@@ -31,21 +32,7 @@ window.addEventListener('load', __check);
 
 
 def _rows(log_jsonl: Path) -> list[dict[str, Any]]:
-    if not log_jsonl.is_file():
-        return []
-    rows = []
-    for line in log_jsonl.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by an interrupted run
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
-
-
-def _num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return read_log(log_jsonl) if log_jsonl.is_file() else []
 
 
 def _png(fig: Any) -> bytes:
@@ -59,15 +46,15 @@ def training_plots(rows: list[dict[str, Any]]) -> bytes | None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    train = [r for r in rows if _num(r.get("loss")) and _num(r.get("iter"))]
-    val = [r for r in rows if _num(r.get("AP"))]
+    train = [r for r in rows if is_number(r.get("loss")) and is_number(r.get("iter"))]
+    val = [r for r in rows if is_number(r.get("AP"))]
     if not train and not val:
         return None
     fig = Figure(figsize=(15, 3.6))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 3, 1)
-    for key in sorted({k for r in train for k in r if k.startswith("loss") and _num(r[k])}):
-        pts = [(r["iter"], r[key]) for r in train if _num(r.get(key))]
+    for key in sorted({k for r in train for k in r if k.startswith("loss") and is_number(r[k])}):
+        pts = [(r["iter"], r[key]) for r in train if is_number(r.get(key))]
         ax.plot(*zip(*pts), label=key, linewidth=1.3 if key == "loss" else 0.9)
     ax.set(xlabel="iteration", title="loss terms")
     ax.grid(alpha=0.3)
@@ -80,7 +67,7 @@ def training_plots(rows: list[dict[str, Any]]) -> bytes | None:
     ax.grid(alpha=0.3)
     ax = fig.add_subplot(1, 3, 3)
     for key in ("AP", "AP50", "AP75"):
-        pts = [(r.get("epoch", i + 1), r[key]) for i, r in enumerate(val) if _num(r.get(key))]
+        pts = [(r.get("epoch", i + 1), r[key]) for i, r in enumerate(val) if is_number(r.get(key))]
         if pts:
             ax.plot(*zip(*pts), marker="o", markersize=3, label=key)
     ax.set(xlabel="epoch", title="validation AP", ylim=(0, 1))
@@ -122,10 +109,10 @@ def _metrics_html(metrics: dict[str, Any]) -> str:
 
 
 def _timing_html(rows: list[dict[str, Any]]) -> str:
-    speeds = [r["images_per_s"] for r in rows if _num(r.get("images_per_s"))]
+    speeds = [r["images_per_s"] for r in rows if is_number(r.get("images_per_s"))]
     if not speeds:
         return "<p>no training iterations logged yet</p>"
-    last = max((r for r in rows if _num(r.get("iter"))), key=lambda r: r["iter"])
+    last = max((r for r in rows if is_number(r.get("iter"))), key=lambda r: r["iter"])
     return (f"<p>{last['iter']} iterations logged; training speed {speeds[-1]:.2f} images/s at the last "
             f"log (range {min(speeds):.2f}-{max(speeds):.2f}).</p>")
 
