@@ -529,7 +529,7 @@ def check_data(dataset: str, splits: list[str], *, skip_invalid: bool, config: s
     for split in splits:
         data = load_dataset_spec(dataset, split, skip_invalid=skip_invalid,
                                  allow_outside_root=cfg.data.allow_outside_root)
-        records, problems = verify_images(data.records, skip_invalid=skip_invalid)
+        records, problems = verify_images(data.records, skip_invalid=skip_invalid, show_progress=True)
         problems = list(data.problems) + list(problems)
         boxes = sum(len(r.boxes) for r in records)
         clipped = f"; clipped {data.clipped} boxes to their image" if data.clipped else ""

@@ -126,7 +126,9 @@ def test_check_data_report_levels_and_no_positive_boxes_exact(tmp_path, capsys):
     assert again["train"]["no_positive"] == 1  # the printed --set does what it says
     assert (out / "train_report.png").stat().st_size > 5_000
     assert len(list((out / "train_labels").glob("*_labels.jpg"))) == 2
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert "decoding images: 4/4 (100 %)" in captured.err  # progress outside a terminal too
     assert "no positive point: 2 (50.0%)" in printed and "suggestion: --set model.regress_ranges=" in printed
 
 

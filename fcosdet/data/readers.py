@@ -34,6 +34,7 @@ from PIL import Image
 
 from fcosdet.data.records import DatasetSplit, ImageRecord
 from fcosdet.errors import UserError
+from fcosdet.progress import progress
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 BOX_TOLERANCE_PX = 1.0  # clipping a box by at most this much is rounding, not counted
@@ -612,14 +613,16 @@ def _decode_problem(record: ImageRecord) -> str | None:
 
 
 def verify_images(records: Sequence[ImageRecord], *, skip_invalid: bool = False,
-                  num_threads: int = 4) -> tuple[list[ImageRecord], list[str]]:
+                  num_threads: int = 4, show_progress: bool = False) -> tuple[list[ImageRecord], list[str]]:
     """Fully decode every image (thread pool) to find truncated or corrupt files.
 
     Returns (records that decode, problem messages). Without `skip_invalid` the first bad
-    image (in record order) raises UserError naming the file.
+    image (in record order) raises UserError naming the file. `show_progress` reports on stderr
+    (a bar in a terminal, a line every 5 % in a log).
     """
     with ThreadPoolExecutor(max_workers=max(1, num_threads)) as pool:
-        messages = list(pool.map(_decode_problem, records))
+        messages = list(progress(pool.map(_decode_problem, records), total=len(records),
+                                 desc="decoding images", enabled=show_progress))
     problems = _Problems(skip_invalid=skip_invalid)
     good: list[ImageRecord] = []
     for record, message in zip(records, messages):
