@@ -5,7 +5,6 @@ the threshold. The ONNX file and the program also run in a subprocess that never
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
