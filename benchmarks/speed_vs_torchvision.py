@@ -7,7 +7,7 @@ absolute times: this project's CPU swings 2x). Random weights on both sides.
 1. predict_r50: the whole predict path from a decoded RGB photo (uint8 H x W x 3: resize,
    normalise, network, decoding, NMS, rescale), batch 1, an 800 x 1216 photo: torchvision
    fcos_resnet50_fpn (91 classes) vs fcosdet fcos_r50_1x (80 classes) plain fp32, fast fp32
-   (BatchNorm folded, channels_last), bf16 autocast and onnxruntime (the exported .onnx).
+   (BatchNorm folded, channels_last), bf16 autocast, onnxruntime and OpenVINO (the exported .onnx).
 2. predict_cpu: the same at the CPU preset's size: ResNet-18 GroupNorm FPN, width 128, short
    side 320 / long side <= 448, vs torchvision built the same way (benchmarks/bccd_vs_torchvision).
 3. train_r50: one training step (forward, loss, backward, SGD) at batch 2, 800 x 1216.
@@ -128,8 +128,9 @@ def predict_section(args, folder: Path, device: torch.device, *, r50: bool) -> d
         onnx_file = export_model(build_inference(read_model_state(weights)), "onnx", weights.with_suffix(".onnx"),
                                  overwrite=True)
         export_seconds = time.perf_counter() - start
-        det = Detector.from_file(onnx_file)
-        contenders["fcosdet_onnxruntime"] = lambda: det.predict(image)
+        for runtime in ("onnxruntime", "openvino"):  # the same exported file
+            det = Detector.from_file(onnx_file, onnx_runtime=runtime)
+            contenders[f"fcosdet_{runtime}"] = (lambda d: lambda: d.predict(image))(det)
     seconds = race(contenders, repeats=args.repeats, device=device)
     result: dict[str, Any] = {"image_hw": list(size), "seconds": seconds,
                               "speedup_vs_torchvision": {k: seconds["torchvision"] / v for k, v in seconds.items()

@@ -295,7 +295,7 @@ def _evaluate_detector(det: Any, loader: Any, evaluator: CocoEvaluator) -> dict[
 
 def evaluate_checkpoint(checkpoint: Path, *, dataset: str | None, split: str, out_dir: Path | None,
                         batch_size: int = 2, workers: int = 2, test_sets: list[str] = (),
-                        precision: str = "fp32") -> dict[str, Any]:
+                        precision: str = "fp32", onnx_runtime: str = "onnxruntime") -> dict[str, Any]:
     """COCO metrics of a checkpoint; `test_sets` ("test.nms_iou=0.6") change the test settings."""
     from .predictor import Detector
     overrides = parse_sets(list(test_sets))
@@ -305,9 +305,9 @@ def evaluate_checkpoint(checkpoint: Path, *, dataset: str | None, split: str, ou
                             f"...), got {key!r}: the model's other settings come from the checkpoint")
     device = D.init_from_env("auto")
     # .pt / .safetensors through build_inference (BatchNorm folded: equal within float rounding); .onnx
-    # through onnxruntime
+    # through onnxruntime or OpenVINO
     det = Detector.from_file(checkpoint, device=str(device) if checkpoint.suffix != ".onnx" else "cpu",
-                             test_overrides=overrides, precision=precision)
+                             test_overrides=overrides, precision=precision, onnx_runtime=onnx_runtime)
     cfg = det.config
     cfg.data.dataset = dataset or cfg.data.dataset
     cfg.data.batch_size, cfg.data.workers = batch_size, workers
@@ -406,7 +406,7 @@ def _predict_chunk(det: Any, chunk: list[Path], skipped: list[Path]) -> list[tup
 
 def predict(checkpoint: Path, sources: list[str], *, out_dir: Path, score_thr: float,
             draw_thr: float, batch_size: int = 4, device: str = "auto",
-            precision: str = "fp32") -> list[dict[str, Any]]:
+            precision: str = "fp32", onnx_runtime: str = "onnxruntime") -> list[dict[str, Any]]:
     """Detections of every image as COCO-style JSON (with file names) and drawn images."""
     from .data.transforms import load_image
     from .predictor import Detector
@@ -421,7 +421,7 @@ def predict(checkpoint: Path, sources: list[str], *, out_dir: Path, score_thr: f
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
     det = Detector.from_file(checkpoint, device=_inference_device(device, checkpoint), score_thr=score_thr,
-                             precision=precision)
+                             precision=precision, onnx_runtime=onnx_runtime)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = []
     chunks = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]

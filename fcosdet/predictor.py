@@ -78,18 +78,20 @@ class Detector:
     @classmethod
     def from_file(cls, path: str | Path, *, device: str = "cpu", score_thr: float | None = None,
                   test_overrides: dict[str, Any] | None = None, fast: bool = True,
-                  precision: str = "fp32") -> "Detector":
+                  precision: str = "fp32", onnx_runtime: str = "onnxruntime") -> "Detector":
         """A `.pt` checkpoint, `.safetensors` weights file or `.onnx` graph -> a Detector.
         `score_thr` / `test_overrides` ({"test.nms_iou": 0.6}) replace the file's test settings
         (an ONNX graph has them baked in: only a higher score_thr is possible there).
         `fast` (PyTorch files): BatchNorm folded and channels_last, equal to the plain model
-        within float rounding; `precision` "bf16": bf16 autocast (opt-in: detections move)."""
+        within float rounding; `precision` "bf16": bf16 autocast (opt-in: detections move).
+        `onnx_runtime` (`.onnx` files): "onnxruntime" or "openvino"."""
         path = Path(path)
         overrides = dict(test_overrides or {})
         if score_thr is not None:
             overrides["test.score_thr"] = score_thr
         if path.suffix == ".onnx":
-            return cls._from_onnx(path, device=device, overrides=overrides, precision=precision)
+            return cls._from_onnx(path, device=device, overrides=overrides, precision=precision,
+                                  runtime=onnx_runtime)
         parts = build_inference(read_model_state(path), overrides=overrides)
         model = fast_inference_model(parts.model, channels_last=True) if fast else parts.model
         graph = DetectorGraph(model=model, postprocessor=parts.postprocessor)
@@ -100,14 +102,15 @@ class Detector:
     from_checkpoint = from_file
 
     @classmethod
-    def _from_onnx(cls, path: Path, *, device: str, overrides: dict[str, Any], precision: str) -> "Detector":
+    def _from_onnx(cls, path: Path, *, device: str, overrides: dict[str, Any], precision: str,
+                   runtime: str) -> "Detector":
         if not path.is_file():
             raise UserError(f"ONNX file {path} does not exist; check the path")
         if torch.device(device).type != "cpu" or precision != "fp32":
-            raise UserError(f"{path}: ONNX files run on the CPU in fp32 with onnxruntime; use the .pt or "
+            raise UserError(f"{path}: ONNX files run on the CPU in fp32 (onnxruntime / OpenVINO); use the .pt or "
                             f".safetensors file for --device {device} / --precision {precision}")
         score_thr = overrides.pop("test.score_thr", None)
-        backend = OnnxBackend(path, score_thr=score_thr)
+        backend = OnnxBackend(path, score_thr=score_thr, runtime=runtime)
         meta = backend.metadata
         cfg = Config()
         apply_overrides(cfg, flatten_dict(meta["config"]))

@@ -1,4 +1,5 @@
-"""Inference backends behind `Detector`: the PyTorch graph and onnxruntime, one call signature.
+"""Inference backends behind `Detector`: the PyTorch graph, and onnxruntime or OpenVINO on an
+exported `.onnx`; one call signature.
 
 Dimensions: B images, D detections of the batch. Each backend maps a normalised, padded batch
 images (B, 3, Hp, Wp) float32 and the valid image_sizes (B, 2) int64 (h, w) to `Detections`
@@ -11,7 +12,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+import numpy as np
 
 import torch
 from torch import Tensor, nn
@@ -63,19 +66,24 @@ class TorchBackend:
         return self.graph.postprocessor.detect(outputs, image_sizes.to(self.device))
 
 
+ONNX_RUNTIMES = ("onnxruntime", "openvino")
+
+
 class OnnxBackend:
-    """An exported `.onnx` detector run by onnxruntime (CPU). `score_thr` may raise the graph's
+    """An exported `.onnx` detector run on the CPU by onnxruntime or OpenVINO (the same file; OpenVINO
+    was 1.4-2.2x faster on this project's CPU with equal outputs). `score_thr` may raise the graph's
     own threshold: dropping the detections at or below it afterwards is exact, since a box can
     only be suppressed by a higher-scoring one and max_per_img keeps the highest scores."""
 
-    def __init__(self, path: Path, *, score_thr: float | None = None) -> None:
-        import onnxruntime as ort
+    def __init__(self, path: Path, *, score_thr: float | None = None, runtime: str = "onnxruntime") -> None:
+        if runtime not in ONNX_RUNTIMES:
+            raise UserError(f"the ONNX runtime must be one of {', '.join(ONNX_RUNTIMES)}, got {runtime!r}")
         try:
-            self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            self._run, props = (_open_openvino if runtime == "openvino" else _open_onnxruntime)(path)
         except Exception as exc:  # noqa: BLE001 - any load failure means a bad file for the user
-            raise UserError(f"cannot load ONNX file {path} ({type(exc).__name__}: {exc}); "
+            raise UserError(f"cannot load ONNX file {path} with {runtime} ({type(exc).__name__}: {exc}); "
                             f"export it again with `fcosdet export CHECKPOINT --format onnx`") from None
-        self.metadata = read_onnx_metadata(self.session.get_modelmeta().custom_metadata_map, path)
+        self.metadata = read_onnx_metadata(props, path)
         self.device = torch.device("cpu")
         baked = float(self.metadata["test"]["score_thr"])
         if score_thr is not None and score_thr < baked:
@@ -86,11 +94,33 @@ class OnnxBackend:
     def __call__(self, images: Tensor, image_sizes: Tensor) -> Detections:
         feeds = {"images": images.detach().cpu().float().numpy(),
                  "image_sizes": image_sizes.detach().cpu().to(torch.int64).numpy()}
-        dets = Detections(*(torch.from_numpy(x) for x in self.session.run(None, feeds)))
+        dets = Detections(*(torch.from_numpy(np.asarray(x)) for x in self._run(feeds)))
         if self.score_thr > float(self.metadata["test"]["score_thr"]):
             keep = dets.scores > self.score_thr  # (D,)
             dets = Detections(*(x[keep] for x in dets))
         return dets
+
+
+RunGraph = Callable[[dict[str, np.ndarray]], list[np.ndarray]]  # feeds -> boxes, scores, labels, batch_index
+
+
+def _open_onnxruntime(path: Path) -> tuple[RunGraph, dict[str, str]]:
+    import onnxruntime as ort
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return (lambda feeds: session.run(None, feeds)), session.get_modelmeta().custom_metadata_map
+
+
+def _open_openvino(path: Path) -> tuple[RunGraph, dict[str, str]]:
+    import onnx
+    import openvino as ov
+    # f32: on CPUs with bf16 / AMX OpenVINO would otherwise pick bf16 and the detections would move
+    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+
+    def run(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        result = compiled(feeds)
+        return [result[output] for output in compiled.outputs]
+    return run, props
 
 
 def read_onnx_metadata(props: dict[str, str], path: Path) -> dict[str, Any]:

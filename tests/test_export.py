@@ -71,8 +71,9 @@ def test_weights_file_gives_the_checkpoints_detections(exported):
             assert torch.equal(got[key], ref[key])
 
 
-def test_onnx_detector_matches_pytorch_batched_and_one_by_one(exported):
-    det = Detector.from_file(exported["files"]["onnx"])
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_onnx_detector_matches_pytorch_batched_and_one_by_one(exported, runtime):
+    det = Detector.from_file(exported["files"]["onnx"], onnx_runtime=runtime)
     assert det.class_names == load_checkpoint(exported["ckpt"])["class_names"]
     for got, ref in zip(det.predict_batch(exported["images"]), exported["reference"]):
         _close(got, ref)
@@ -110,13 +111,14 @@ def test_cli_export_predict_eval_take_every_format(exported, tmp_path, capsys):
     assert cli(["export", str(ckpt), "--format", "weights", "--out", str(out), "--overwrite"]) == 0
     images = [str(p) for p in exported["images"][:3]]
     counts = {}
-    for name, model in [("pt", ckpt), ("onnx", files["onnx"]), ("weights", out)]:
+    for name, model in [("pt", ckpt), ("onnx", files["onnx"]), ("openvino", files["onnx"]), ("weights", out)]:
         pred = tmp_path / f"pred_{name}"
+        runtime = ["--onnx-runtime", "openvino"] if name == "openvino" else []
         cli(["predict", str(model), *images, "--out", str(pred), "--batch-size", "2", "--device", "cpu",
-             "--score-thr", str(thr)])
+             "--score-thr", str(thr), *runtime])
         counts[name] = len(json.loads((pred / "predictions.json").read_text()))
         assert "predict: 2/2 (100 %)" in capsys.readouterr().err  # progress lines outside a terminal
-    assert counts["pt"] == counts["onnx"] == counts["weights"] > 0
+    assert counts["pt"] == counts["onnx"] == counts["openvino"] == counts["weights"] > 0
     aps = {}
     for name, model in [("pt", ckpt), ("onnx", files["onnx"])]:
         cli(["eval", str(model), "--out", str(tmp_path / f"eval_{name}"), "--workers", "0",
