@@ -63,7 +63,8 @@ def fcos_loss(cls_scores: Sequence[Tensor], bbox_preds: Sequence[Tensor],
     points = anchor_points(sizes, strides, device=device, offset=point_offset)
     labels, bbox_targets = _batch_targets(
         points, gt_boxes, gt_labels, num_classes=num_classes, strides=strides,
-        norm_on_bbox=norm_on_bbox, regress_ranges=regress_ranges, grids=level_grids(sizes, strides, offset=point_offset),
+        norm_on_bbox=norm_on_bbox, regress_ranges=regress_ranges,
+        grids=level_grids(sizes, strides, offset=point_offset),
         center_sampling=center_sampling, center_sample_radius=center_sample_radius)
     num_images = cls_scores[0].size(0)
     flat_cls = _flatten_levels(cls_scores).float()  # (M, C)

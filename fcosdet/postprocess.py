@@ -118,6 +118,7 @@ class FCOSPostProcessor:
         return Detections(boxes=cand_boxes[keep], scores=cand_scores[keep], labels=labels[keep],
                           batch_index=img[keep])
 
+
 def _level_points(feature: Tensor, stride: int, offset: str, *,
                   padded: tuple[Tensor, int] | None = None) -> Tensor:
     """The points of `targets.anchor_points` for a (B, C, H, W) level, (H*W, 2) (x, y) row-major,
