@@ -24,7 +24,7 @@ from .engine.ema import ModelEMA
 from .engine.evaluator import CocoEvaluator, format_table, save_metrics
 from .engine.logging import RunLogger
 from .engine.optim import WarmupSchedule, build_optimizer
-from .engine.trainer import StepContext, TrainState, fit
+from .engine.trainer import StepContext, TrainState, evaluate, fit
 from .errors import UserError
 from .progress import progress
 from .finetune import init_from_checkpoint, pretrained_normalize, read_source
@@ -283,16 +283,6 @@ def train(cfg: Config, *, run_dir: Path, resume: bool = False, overwrite: bool =
     return state
 
 
-def _evaluate_detector(det: Any, loader: Any, evaluator: CocoEvaluator) -> dict[str, Any]:
-    """Detections of every image of `loader` (this worker's shard) -> the evaluator's metrics."""
-    evaluator.reset()
-    for batch in progress(loader, total=len(loader), desc="eval", enabled=D.is_main_process()):
-        dets = det.detect(batch.images, [t["img_size"] for t in batch.targets],
-                          [t["orig_size"] for t in batch.targets])
-        evaluator.process([{"image_id": t["image_id"], **d} for t, d in zip(batch.targets, dets)])
-    return evaluator.evaluate()
-
-
 def evaluate_checkpoint(checkpoint: Path, *, dataset: str | None, split: str, out_dir: Path | None,
                         batch_size: int = 2, workers: int = 2, test_sets: list[str] = (),
                         precision: str = "fp32", onnx_runtime: str = "onnxruntime") -> dict[str, Any]:
@@ -316,7 +306,7 @@ def evaluate_checkpoint(checkpoint: Path, *, dataset: str | None, split: str, ou
         raise UserError(f"the dataset's classes {data.class_names[:5]} differ from the checkpoint's "
                         f"{det.class_names[:5]}; evaluate on the dataset the model was trained for")
     evaluator = CocoEvaluator(records=data.records, class_names=data.class_names)
-    metrics = _evaluate_detector(det, make_loader(cfg, data, train=False), evaluator)
+    metrics = evaluate(detect=det.detect, loader=make_loader(cfg, data, train=False), evaluator=evaluator)
     say(format_table(metrics))
     if out_dir is not None and D.is_main_process():
         out_dir.mkdir(parents=True, exist_ok=True)

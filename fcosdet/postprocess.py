@@ -53,15 +53,7 @@ class FCOSPostProcessor:
         labels (D,)."""
         sizes = torch.as_tensor([[int(h), int(w)] for h, w in image_sizes],
                                 device=outputs[0][0].device)  # (B, 2)
-        dets = self.detect(outputs, sizes)
-        results = []
-        for b, size in enumerate(image_sizes):
-            mine = dets.batch_index == b  # (D,) this image's detections, by decreasing score
-            boxes = dets.boxes[mine]  # (D_b, 4)
-            if orig_sizes is not None:
-                boxes = _rescale(boxes, size, orig_sizes[b])
-            results.append({"boxes": boxes, "scores": dets.scores[mine], "labels": dets.labels[mine]})
-        return results
+        return split_per_image(self.detect(outputs, sizes), image_sizes, orig_sizes)
 
     @torch.no_grad()
     def detect(self, outputs: FCOSOutputs, image_sizes: Tensor) -> Detections:
@@ -117,6 +109,20 @@ class FCOSPostProcessor:
         keep = keep[rank < self.max_per_img]  # (D,)
         return Detections(boxes=cand_boxes[keep], scores=cand_scores[keep], labels=labels[keep],
                           batch_index=img[keep])
+
+
+def split_per_image(dets: Detections, image_sizes: Sequence[Sequence[int]],
+                    orig_sizes: Sequence[Sequence[int]] | None = None) -> list[dict[str, Tensor]]:
+    """A batch's detections -> per image boxes (D_b, 4), scores (D_b,), labels (D_b,), boxes
+    rescaled from the resized (h, w) to the original (H, W) frame when `orig_sizes` is given."""
+    results = []
+    for b, size in enumerate(image_sizes):
+        mine = dets.batch_index == b  # (D,) this image's detections, by decreasing score
+        boxes = dets.boxes[mine]  # (D_b, 4)
+        if orig_sizes is not None:
+            boxes = _rescale(boxes, size, orig_sizes[b])
+        results.append({"boxes": boxes, "scores": dets.scores[mine], "labels": dets.labels[mine]})
+    return results
 
 
 def _level_points(feature: Tensor, stride: int, offset: str, *,

@@ -25,7 +25,7 @@ from .data.dataset import pad_images
 from .data.transforms import DetectionTransform, build_transforms, load_image, to_rgb8
 from .errors import UserError
 from .fastpath import fast_inference_model
-from .postprocess import _rescale
+from .postprocess import Detections, split_per_image
 from .runtime import DetectorGraph, OnnxBackend, TorchBackend, read_model_state
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray, torch.Tensor]
@@ -128,14 +128,8 @@ class Detector:
         """A prepared batch (B, 3, Hp, Wp) -> per image boxes (D, 4) in the original frame,
         scores (D,), labels (D,) on the CPU."""
         sizes = torch.tensor([list(s) for s in image_sizes], dtype=torch.int64)  # (B, 2)
-        dets = self.backend(images, sizes)
-        boxes, scores, labels, index = (t.cpu() for t in dets)
-        results = []
-        for b, (size, orig) in enumerate(zip(image_sizes, orig_sizes)):
-            mine = index == b  # (D,) by decreasing score
-            results.append({"boxes": _rescale(boxes[mine], size, orig), "scores": scores[mine],
-                            "labels": labels[mine]})
-        return results
+        dets = Detections(*(t.cpu() for t in self.backend(images, sizes)))
+        return split_per_image(dets, image_sizes, orig_sizes)
 
     def _prepare(self, image: ImageInput) -> tuple[torch.Tensor, dict[str, Any]]:
         empty = {"boxes": np.zeros((0, 4), np.float32), "labels": np.zeros((0,), np.int64)}

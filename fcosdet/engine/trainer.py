@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from ..distributed import is_main_process, world_size
 from ..errors import UserError
+from ..progress import progress
 from .checkpoint import rng_state, save_atomic
 from .ema import ModelEMA
 from .logging import RunLogger
@@ -121,19 +122,29 @@ def train_one_epoch(ctx: StepContext, loader: Any, state: TrainState, *, logger:
     bar.close()
 
 
-@torch.no_grad()
-def evaluate(*, model: nn.Module, postprocessor: Callable, loader: Any, evaluator: Any,
-             device: torch.device, amp_dtype: torch.dtype | None = None) -> dict[str, Any]:
-    """Detections of every image in `loader` (this worker's shard) -> evaluator metrics."""
-    model.eval()
-    evaluator.reset()
-    for batch in tqdm(loader, desc="eval", disable=not is_main_process() or not sys.stderr.isatty(),
-                      leave=False, dynamic_ncols=True):
-        images = batch.images.to(device, non_blocking=True)
+# images (B, 3, Hp, Wp), resized (h, w) and original (H, W) of each image -> per image boxes
+# (D, 4) in the original frame, scores (D,), labels (D,)
+Detect = Callable[[torch.Tensor, list, list], list[dict[str, torch.Tensor]]]
+
+
+def model_detect(*, model: nn.Module, postprocessor: Callable, device: torch.device,
+                 amp_dtype: torch.dtype | None = None) -> Detect:
+    """The training model + post-processor as a `Detect` (a Detector's `detect` is another)."""
+    def detect(images: torch.Tensor, image_sizes: list, orig_sizes: list) -> list[dict[str, torch.Tensor]]:
+        model.eval()
         with autocast(device, amp_dtype):
-            outputs = model(images)
-        dets = postprocessor(outputs, [t["img_size"] for t in batch.targets],
-                             [t["orig_size"] for t in batch.targets])
+            outputs = model(images.to(device, non_blocking=True))
+        return postprocessor(outputs, image_sizes, orig_sizes)
+    return detect
+
+
+@torch.no_grad()
+def evaluate(*, detect: Detect, loader: Any, evaluator: Any) -> dict[str, Any]:
+    """Detections of every image in `loader` (this worker's shard) -> evaluator metrics."""
+    evaluator.reset()
+    for batch in progress(loader, total=len(loader), desc="eval", enabled=is_main_process()):
+        dets = detect(batch.images, [t["img_size"] for t in batch.targets],
+                      [t["orig_size"] for t in batch.targets])
         evaluator.process([{"image_id": t["image_id"], **{k: v.cpu() for k, v in d.items()}}
                            for t, d in zip(batch.targets, dets)])
     return evaluator.evaluate()
@@ -200,9 +211,9 @@ def fit(ctx: StepContext, state: TrainState, *, train_loader: Any, val_loader: A
         done = state.epoch == epochs or (max_iters is not None and state.iteration >= max_iters)
         best = False
         if val_loader is not None and (state.epoch % eval_interval == 0 or done):
-            metrics = evaluate(model=ctx.model if ctx.ema is None else ctx.ema.module,
-                               postprocessor=postprocessor, loader=val_loader,
-                               evaluator=evaluator, device=ctx.device, amp_dtype=ctx.amp_dtype)
+            detect = model_detect(model=ctx.model if ctx.ema is None else ctx.ema.module,
+                                  postprocessor=postprocessor, device=ctx.device, amp_dtype=ctx.amp_dtype)
+            metrics = evaluate(detect=detect, loader=val_loader, evaluator=evaluator)
             summary = {k: v for k, v in metrics.items() if isinstance(v, float)}
             state.history.append({"epoch": state.epoch, **summary})
             logger.log({"epoch": state.epoch, **summary}, step=state.iteration, prefix="val")
