@@ -10,7 +10,9 @@ absolute times: this project's CPU swings 2x). Random weights on both sides.
    (BatchNorm folded, channels_last), bf16 autocast, onnxruntime and OpenVINO (the exported .onnx).
 2. predict_cpu: the same at the CPU preset's size: ResNet-18 GroupNorm FPN, width 128, short
    side 320 / long side <= 448, vs torchvision built the same way (benchmarks/bccd_vs_torchvision).
-3. train_r50: one training step (forward, loss, backward, SGD) at batch 2, 800 x 1216.
+3. train_r50: one training step (forward, loss, backward, SGD) at batch 2, 800 x 1216; fcosdet as
+   `fcosdet train` runs it (build.training_model: channels_last on the CPU; fused SGD), torchvision as fcos_resnet50_fpn builds it with random weights (all
+   stages trainable, BatchNorm in training mode).
 4. flops: the fcos_r50_1x network's forward GFLOP (torch.utils.flop_counter) over its time
    (plain and fast), next to this machine's rate on one large 3x3 convolution.
 
@@ -145,8 +147,9 @@ def predict_section(args, folder: Path, device: torch.device, *, r50: bool) -> d
 def train_section(args, device: torch.device) -> dict[str, Any]:
     from torchvision.models.detection import fcos_resnet50_fpn
 
-    from fcosdet.build import build_criterion, build_model
+    from fcosdet.build import build_criterion, build_model, training_model, uses_channels_last
     from fcosdet.config import preset
+    from fcosdet.engine.optim import build_optimizer
     height, width = QUICK_HW if args.quick else (800, 1216)
     torch.manual_seed(0)
     boxes = [torch.tensor([[40.0, 60, 300, 400], [500, 100, 700, 380], [20, 20, 90, 70]]) * (height / 800)
@@ -154,16 +157,20 @@ def train_section(args, device: torch.device) -> dict[str, Any]:
     labels = [torch.tensor([1, 5, 17]) for _ in range(2)]
     images = torch.rand(2, 3, height, width, device=device)  # (B, 3, H, W)
     cfg = preset("fcos_r50_1x")
-    ours, criterion = build_model(cfg.model).to(device).train(), build_criterion(cfg.model)
+    # as `fcosdet train` runs it: FrozenBN applied to the conv weights, channels_last, fused SGD
+    ours = training_model(build_model(cfg.model).to(device).train(), cfg.train, device)
+    criterion = build_criterion(cfg.model)
+    channels_last = uses_channels_last(cfg.train, device)
+    ours_images = images.contiguous(memory_format=torch.channels_last) if channels_last else images
     tv = fcos_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91).to(device).train()
     tv.transform.min_size, tv.transform.max_size = (height,), max(width, 1333)
     targets = [{"boxes": b.to(device), "labels": lab.to(device)} for b, lab in zip(boxes, labels)]
     tv_targets = [{"boxes": b.to(device), "labels": lab.to(device) + 1} for b, lab in zip(boxes, labels)]
-    opt_ours = torch.optim.SGD([p for p in ours.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
+    opt_ours = build_optimizer(ours, lr=1e-4, momentum=0.9, fused=True)
     opt_tv = torch.optim.SGD([p for p in tv.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
 
     def step_ours() -> None:
-        loss = sum(criterion(ours(images), targets).values())
+        loss = sum(criterion(ours(ours_images), targets).values())
         opt_ours.zero_grad(set_to_none=True)
         loss.backward()
         opt_ours.step()
@@ -174,7 +181,7 @@ def train_section(args, device: torch.device) -> dict[str, Any]:
         loss.backward()
         opt_tv.step()
     seconds = race({"torchvision": step_tv, "fcosdet": step_ours}, repeats=args.repeats, device=device)
-    result = {"batch": 2, "image_hw": [height, width], "seconds": seconds,
+    result = {"batch": 2, "image_hw": [height, width], "seconds": seconds, "fcosdet_channels_last": channels_last,
               "speedup_vs_torchvision": seconds["torchvision"] / seconds["fcosdet"]}
     if device.type == "cuda":
         result["images_per_s"] = {k: 2.0 / v for k, v in seconds.items()}

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from .config import Config, ModelConfig, TestConfig, apply_overrides, flatten_dict
+import torch
+
+from .config import Config, ModelConfig, TestConfig, TrainConfig, apply_overrides, flatten_dict
 from .data.transforms import DetectionTransform, build_transforms
 from .errors import UserError
 from .loss import FCOSCriterion
@@ -31,7 +33,7 @@ def check_levels(m: ModelConfig) -> None:
 def build_model(m: ModelConfig) -> FCOS:
     check_levels(m)
     backbone = ResNetBackbone(depth=m.depth, norm=m.backbone_norm, frozen_stages=m.frozen_stages,
-                              norm_eval=m.norm_eval, weights=m.backbone_weights)
+                              norm_eval=m.norm_eval, weights=m.backbone_weights, style=m.backbone_style)
     fpn = FCOSFPN(in_channels=backbone.out_channels, out_channels=m.fpn_channels)
     head = FCOSHead(num_classes=m.num_classes, in_channels=m.fpn_channels,
                     feat_channels=m.feat_channels, stacked_convs=m.stacked_convs,
@@ -39,6 +41,17 @@ def build_model(m: ModelConfig) -> FCOS:
                     norm_on_bbox=m.norm_on_bbox, centerness_on_reg=m.centerness_on_reg,
                     dcn_on_last_conv=m.dcn_on_last_conv, learnable_scale=m.learnable_scale)
     return FCOS(backbone=backbone, fpn=fpn, head=head)
+
+
+def uses_channels_last(t: TrainConfig, device: torch.device) -> bool:
+    """train.channels_last resolved: null means on the CPU only (where it was measured)."""
+    return device.type == "cpu" if t.channels_last is None else t.channels_last
+
+
+def training_model(model: FCOS, t: TrainConfig, device: torch.device) -> FCOS:
+    """The model as training runs it (same losses and state_dict within float rounding): with
+    `uses_channels_last`, weights in channels_last (train_step converts the images)."""
+    return model.to(memory_format=torch.channels_last) if uses_channels_last(t, device) else model
 
 
 def build_criterion(m: ModelConfig) -> FCOSCriterion:
@@ -70,6 +83,7 @@ class InferenceParts(NamedTuple):
     transform: DetectionTransform  # the evaluation transform (resize + normalise)
     class_names: list[str]
     config: Config
+    category_ids: list[int] | None = None  # the dataset's id of each label (trained on COCO, or imported)
 
 
 def config_from_state(state: dict[str, Any]) -> Config:
@@ -88,4 +102,17 @@ def build_inference(state: dict[str, Any], *, overrides: dict[str, Any] | None =
     model.load_state_dict(state["model"])
     transform = build_transforms(train=False, scale=cfg.data.scale, normalize=cfg.data.normalize)
     return InferenceParts(model=model.eval(), postprocessor=build_postprocessor(cfg.model, cfg.test),
-                          transform=transform, class_names=list(state["class_names"]), config=cfg)
+                          transform=transform, class_names=list(state["class_names"]), config=cfg,
+                          category_ids=category_ids_of(state))
+
+
+def category_ids_of(state: dict[str, Any]) -> list[int] | None:
+    """The dataset category id of each label that a model file carries (trained on a COCO-format
+    dataset, or imported); None (VOC / YOLO data, or a checkpoint older than the key): label + 1."""
+    ids = state.get("category_ids")
+    if ids is None:
+        return None
+    if len(ids) != len(state["class_names"]) or not all(isinstance(i, int) for i in ids):
+        raise UserError(f"the model file's category_ids ({len(ids)}) do not give one integer id per class "
+                        f"({len(state['class_names'])}); import or train the model again")
+    return list(ids)

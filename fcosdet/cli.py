@@ -109,13 +109,22 @@ def _add_show_targets(sub: Any) -> None:
 def _add_import_weights(sub: Any) -> None:
     iw = sub.add_parser("import-weights", help="turn another library's trained weights into an fcosdet "
                         "checkpoint", description="Convert torchvision's fcos_resnet50_fpn weights (a "
-                        "state_dict file, or COCO_V1: downloaded into torch.hub's cache when online) into a "
-                        "checkpoint that eval / predict / --set model.init_from=... read.")
-    iw.add_argument("kind", choices=["torchvision-fcos"], help="the source format")
-    iw.add_argument("source", help="a state_dict file or a torchvision weights name (COCO_V1)")
+                        "state_dict file, or COCO_V1: downloaded into torch.hub's cache when online) or an "
+                        "mmdetection FCOS checkpoint into a checkpoint that eval / predict / --set "
+                        "model.init_from=... read.")
+    iw.add_argument("kind", choices=["torchvision-fcos", "mmdet-fcos"], help="the source format")
+    iw.add_argument("source", help="a state_dict file or a torchvision weights name (COCO_V1); mmdet-fcos: "
+                    "an mmdetection FCOS checkpoint (.pth)")
     iw.add_argument("--out", type=Path, required=True, help="the fcosdet checkpoint to write")
     iw.add_argument("--class-names", help="comma-separated class names of a torchvision FCOS trained on "
-                    "your own classes (its labels 1..K; default: COCO's 91-id list)")
+                    "your own classes (its labels 1..K; default: COCO's 91-id list); mmdet-fcos: only for "
+                    "a file without meta['CLASSES']")
+    iw.add_argument("--variant", choices=["fcos_r50_1x", "fcos_r50_tricks_1x"], help="mmdet-fcos, for a file "
+                    "without meta['config'] only: which published config it was trained with (fcos_r50_1x: "
+                    "fcos_r50_caffe_fpn_gn-head_1x_coco; fcos_r50_tricks_1x: fcos_center-normbbox-"
+                    "centeronreg-giou_r50_caffe_fpn_gn-head_1x_coco)")
+    iw.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="mmdet-fcos: override a "
+                    "setting of the written config (applied last)")
 
 
 def _add_check_data(sub: Any) -> None:
@@ -129,6 +138,22 @@ def _add_check_data(sub: Any) -> None:
     c.add_argument("--draw", type=int, default=0, metavar="N", help="draw N images per split with their labels "
                    "(needs --out)")
     c.add_argument("--out", type=Path, help="write report.json, PNG plots and drawn images here")
+
+
+def _import_weights(args: Any) -> None:
+    from .importers import import_mmdet_fcos, import_torchvision_fcos
+    names = [n.strip() for n in args.class_names.split(",")] if args.class_names else None
+    if args.kind == "mmdet-fcos":
+        info = import_mmdet_fcos(args.source, args.out, variant=args.variant, class_names=names, sets=args.set)
+        print(f"wrote {info['out']}: {info['tensors']} tensors, {info['classes']} classes, settings from "
+              f"{info['settings_from']}: {info['summary']} (evaluate with: fcosdet eval {info['out']} --data DATASET)")
+        return
+    if args.variant or args.set:
+        raise UserError("--variant and --set are for mmdet-fcos; torchvision-fcos writes torchvision's settings")
+    info = import_torchvision_fcos(args.source, args.out, class_names=names)
+    print(f"wrote {info['out']}: {info['tensors']} tensors, {info['classes']} classes, preset "
+          f"{info['preset']} (evaluate with: fcosdet eval {info['out']} --data DATASET)")
+
 
 def run(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
@@ -158,11 +183,7 @@ def run(argv: list[str] | None = None) -> int:
         commands.show_targets(args.dataset, args.image_names, count=args.images, config=args.config,
                               sets=args.set, split=args.split, out_dir=args.out)
     elif args.command == "import-weights":
-        from .importers import import_torchvision_fcos
-        names = [n.strip() for n in args.class_names.split(",")] if args.class_names else None
-        info = import_torchvision_fcos(args.source, args.out, class_names=names)
-        print(f"wrote {info['out']}: {info['tensors']} tensors, {info['classes']} classes, preset "
-              f"{info['preset']} (evaluate with: fcosdet eval {info['out']} --data DATASET)")
+        _import_weights(args)
     elif args.command == "check-data":
         commands.check_data(args.dataset, args.splits, skip_invalid=args.skip_invalid, config=args.config,
                             sets=args.set, draw=args.draw, out_dir=args.out)

@@ -13,11 +13,13 @@ import torch
 
 from . import distributed as D
 from .analysis.report import update_run_report
-from .build import build_criterion, build_inference, build_model, build_postprocessor, check_levels
+from .build import (build_criterion, build_inference, build_model, build_postprocessor, check_levels,
+                    training_model, uses_channels_last)
 from .config import Config, parse_sets, save_config
 from .data import (DetectionDataset, build_loader, build_transforms, load_dataset_spec, summarize_problems,
                    verify_images)
 from .data.dataset import EpochSampler
+from .data.readers import check_same_categories
 from .data.records import DatasetSplit
 from .engine.checkpoint import load_checkpoint, set_rng_state
 from .engine.ema import ModelEMA
@@ -139,6 +141,7 @@ class Built:
     val_data: DatasetSplit | None
     postprocessor: Any
     class_names: list[str]
+    category_ids: list[int] | None  # the dataset's id of each label (COCO), for results files
 
 
 def _set_num_classes(cfg: Config, class_names: list[str]) -> None:
@@ -159,10 +162,10 @@ def check_backbone_init(cfg: Config) -> None:
             f"randomly initialised backbone (no model.backbone_weights): it cannot learn well. Give "
             f"ImageNet weights (--set model.backbone_weights=resnet{m.depth}.pth), or train it from "
             f"scratch with --set model.frozen_stages=-1 --set model.backbone_norm=gn")
-    if m.backbone_weights is not None and cfg.data.normalize == "caffe":
+    if m.backbone_weights is not None and cfg.data.normalize in ("caffe", "caffe_detectron2"):
         warn(f"model.backbone_weights={m.backbone_weights} are torchvision-format weights, trained on "
-             f"RGB inputs scaled to [0, 1] with ImageNet mean/std, but data.normalize=caffe feeds BGR "
-             f"0-255: set --set data.normalize=pytorch unless these weights were converted from caffe")
+             f"RGB inputs scaled to [0, 1] with ImageNet mean/std, but data.normalize={cfg.data.normalize} "
+             f"feeds BGR 0-255: set --set data.normalize=pytorch unless these weights were converted from caffe")
 
 
 def _use_pretrained_normalize(cfg: Config, source: dict[str, Any] | None) -> None:
@@ -190,6 +193,7 @@ def build_training(cfg: Config, device: torch.device) -> Built:
         say("no evaluation (data.val_split=none): best.pt is not written; last.pt is the final model")
     else:
         warn_shared_images(train_data, val_data)
+        check_same_categories(train_data, val_data)
     _set_num_classes(cfg, train_data.class_names)
     model = build_model(cfg.model).to(device)
     if source is not None:
@@ -197,15 +201,18 @@ def build_training(cfg: Config, device: torch.device) -> Built:
                                       path=cfg.model.init_from, model_config=cfg.to_dict()["model"])
         for line in report.lines():
             say(line)
+        for note in report.notes:  # the weights compute something else here: loud, not a log line
+            warn(f"init_from: {note}")
     if t.sync_bn and D.is_distributed():
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = training_model(model, t, device)  # same losses, faster: channels_last on the CPU
     ema = ModelEMA(model, decay=t.ema_decay, warmup_iters=t.ema_warmup_iters) if t.ema else None
     train_loader = make_loader(cfg, train_data, train=True)
     total_batch = cfg.data.batch_size * D.world_size()
     lr = t.lr * total_batch / t.base_batch  # linear scaling rule
     optimizer = build_optimizer(model, lr=lr, momentum=t.momentum, weight_decay=t.weight_decay,
                                 bias_lr_mult=t.bias_lr_mult, bias_decay_mult=t.bias_decay_mult,
-                                kind=t.optimizer)
+                                kind=t.optimizer, fused=True)
     ipe = len(train_loader)
     total = ipe * t.epochs if t.max_iters is None else min(ipe * t.epochs, t.max_iters)
     schedule = WarmupSchedule(iters_per_epoch=ipe, total_iters=total, warmup=t.warmup,
@@ -220,11 +227,11 @@ def build_training(cfg: Config, device: torch.device) -> Built:
             model, device_ids=[device.index] if device.type == "cuda" else None)
     ctx = StepContext(model=model, criterion=build_criterion(cfg.model), optimizer=optimizer,
                       scheduler=scheduler, scaler=scaler, device=device, amp_dtype=AMP[t.amp],
-                      grad_clip=t.grad_clip, ema=ema)
+                      grad_clip=t.grad_clip, ema=ema, channels_last=uses_channels_last(t, device))
     val_loader = make_loader(cfg, val_data, train=False) if val_data is not None else None
     return Built(ctx=ctx, train_loader=train_loader, val_loader=val_loader, val_data=val_data,
                  postprocessor=build_postprocessor(cfg.model, cfg.test),
-                 class_names=train_data.class_names)
+                 class_names=train_data.class_names, category_ids=train_data.category_ids)
 
 
 def _restore(b: Built, run_dir: Path) -> TrainState:
@@ -271,7 +278,8 @@ def train(cfg: Config, *, run_dir: Path, resume: bool = False, overwrite: bool =
         fit(b.ctx, state, train_loader=b.train_loader, val_loader=b.val_loader,
             postprocessor=b.postprocessor, evaluator=evaluator, epochs=cfg.train.epochs,
             eval_interval=cfg.train.eval_interval, run_dir=run_dir, logger=logger,
-            config=cfg.to_dict(), class_names=b.class_names, log_interval=cfg.train.log_interval,
+            config=cfg.to_dict(), class_names=b.class_names, category_ids=b.category_ids,
+            log_interval=cfg.train.log_interval,
             max_iters=cfg.train.max_iters, on_eval=report,
             checkpoint_interval=cfg.train.checkpoint_interval)
     finally:
@@ -311,7 +319,13 @@ def evaluate_checkpoint(checkpoint: Path, *, dataset: str | None, split: str, ou
     if out_dir is not None and D.is_main_process():
         out_dir.mkdir(parents=True, exist_ok=True)
         save_metrics(metrics, out_dir / "metrics.json")
-        evaluator.save_results(out_dir / "detections.json")
+        # detections.json is read against the evaluated annotation file: its ids (COCO) where it has
+        # them (the class names match the model's), else the model file's, else label + 1
+        ids = data.category_ids if data.category_ids is not None else det.category_ids
+        if det.category_ids is not None and ids != det.category_ids:
+            say(f"detections.json uses the category ids of {data.source} ({ids[:5]}...), not the model "
+                f"file's ({det.category_ids[:5]}...): same class names, numbered differently")
+        evaluator.save_results(out_dir / "detections.json", category_ids=ids)
         say(f"wrote {out_dir / 'metrics.json'} and {out_dir / 'detections.json'}")
         from .analysis.diagnostics import write_diagnostics
         diag = write_diagnostics(evaluator, out_dir)["paths"]
@@ -419,7 +433,7 @@ def predict(checkpoint: Path, sources: list[str], *, out_dir: Path, score_thr: f
         for path, d in _predict_chunk(det, chunk, skipped):
             for box, score, label in zip(d["boxes"].tolist(), d["scores"].tolist(), d["labels"].tolist()):
                 x1, y1, x2, y2 = box
-                results.append({"file_name": str(path), "category_id": label + 1,
+                results.append({"file_name": str(path), "category_id": det.category_id(label),
                                 "category": det.class_names[label], "score": round(score, 5),
                                 "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)]})
             drawn = draw_detections(load_image(path), boxes=d["boxes"], labels=d["labels"],

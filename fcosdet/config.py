@@ -22,6 +22,9 @@ class ModelConfig:
     num_classes: int = 80
     depth: int = 50
     backbone_norm: Literal["frozen_bn", "bn", "gn"] = "frozen_bn"
+    # pytorch: torchvision's ResNet (stride on the 3x3 conv); caffe: mmdetection's caffe-style
+    # ResNet (stride on the first 1x1 conv; its published FCOS checkpoints; depth 50 / 101 only)
+    backbone_style: Literal["pytorch", "caffe"] = "pytorch"
     frozen_stages: int = 1
     norm_eval: bool = True
     # a torchvision ResNet state_dict on disk, or torchvision's enum by name:
@@ -71,8 +74,9 @@ class DataConfig:
     # resize factor drawn from [lo, hi] then a crop back to the plain size; photometric distortion
     crop_scale: tuple[float, float] | None = None
     photometric_prob: float = 0.0
-    # caffe: BGR, 0-255, mean only; pytorch: RGB, /255, mean/std
-    normalize: Literal["caffe", "pytorch"] = "caffe"
+    # caffe: BGR, 0-255, mean only (Detectron's mean); caffe_detectron2: the same with Detectron2's
+    # mean (mmdetection's detectron2/resnet50_caffe models); pytorch: RGB, /255, ImageNet mean/std
+    normalize: Literal["caffe", "caffe_detectron2", "pytorch"] = "caffe"
     batch_size: int = 2  # images per worker
     workers: int = 2
     skip_invalid: bool = False
@@ -108,6 +112,10 @@ class TrainConfig:
     ema_decay: float = 0.999
     ema_warmup_iters: int = 200  # decay_t = ema_decay * (1 - exp(-t / ema_warmup_iters))
     checkpoint_interval: int | None = None  # also write last.pt every N iterations (mid-epoch)
+    # weights and activations in channels_last: the same losses within float rounding, a faster
+    # step on the CPU (benchmarks/speed_vs_torchvision.py); null (default): on the CPU only (not
+    # measured on a GPU yet)
+    channels_last: bool | None = None
 
 
 @dataclass

@@ -25,7 +25,7 @@ import torch
 
 from . import __version__
 from .build import InferenceParts
-from .data.transforms import CAFFE_MEAN_BGR, IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
+from .data.transforms import CAFFE_MEANS_BGR, IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
 from .errors import UserError
 from .runtime import META_PREFIX, DetectorGraph
 
@@ -37,8 +37,8 @@ ONNX_OPSET = 18
 
 def normalisation_metadata(mode: str) -> dict[str, Any]:
     """How to turn 8-bit RGB pixels into the network's input: x = (pixel[order] * scale - mean) / std."""
-    if mode == "caffe":
-        return {"mode": "caffe", "channel_order": "BGR", "pixel_scale": 1.0, "mean": list(CAFFE_MEAN_BGR),
+    if mode in CAFFE_MEANS_BGR:
+        return {"mode": mode, "channel_order": "BGR", "pixel_scale": 1.0, "mean": list(CAFFE_MEANS_BGR[mode]),
                 "std": [1.0, 1.0, 1.0]}
     return {"mode": mode, "channel_order": "RGB", "pixel_scale": 1.0 / 255.0, "mean": list(IMAGENET_MEAN_RGB),
             "std": list(IMAGENET_STD_RGB)}
@@ -47,7 +47,8 @@ def normalisation_metadata(mode: str) -> dict[str, Any]:
 def export_metadata(parts: InferenceParts) -> dict[str, Any]:
     cfg = parts.config
     long_side, short_side = max(cfg.data.scale), min(cfg.data.scale)
-    return {"class_names": parts.class_names, "normalize": normalisation_metadata(cfg.data.normalize),
+    return {"class_names": parts.class_names, "category_ids": parts.category_ids,
+            "normalize": normalisation_metadata(cfg.data.normalize),
             "scale": [long_side, short_side],
             "resize": f"keep the aspect ratio: factor = min({short_side} / short side, {long_side} / long side), "
                       f"new size = int(size * factor + 0.5), bilinear with antialias",
@@ -75,6 +76,7 @@ def export_weights(parts: InferenceParts, out: Path) -> Path:
     tensors = {k: v.detach().cpu().contiguous() for k, v in parts.model.state_dict().items()}
     meta = {f"{META_PREFIX}config": json.dumps(parts.config.to_dict()),
             f"{META_PREFIX}class_names": json.dumps(parts.class_names),
+            f"{META_PREFIX}category_ids": json.dumps(parts.category_ids),
             f"{META_PREFIX}version": json.dumps(__version__)}
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out), metadata=meta)

@@ -25,7 +25,8 @@ from .hub import is_torchvision_name, torchvision_weights
 
 CLS_KEYS = ("head.conv_cls.weight", "head.conv_cls.bias")  # (C, F, 3, 3), (C,)
 # settings that change what the weights compute: differing ones are reported
-_MEANING = ("norm_on_bbox", "centerness_on_reg", "learnable_scale", "point_offset", "head_norm", "backbone_norm")
+_MEANING = ("norm_on_bbox", "centerness_on_reg", "learnable_scale", "point_offset", "head_norm", "backbone_norm",
+            "backbone_style")
 
 
 @dataclass
@@ -37,7 +38,7 @@ class InitReport:
     skipped: list[str] = field(default_factory=list)  # the file has them, this model does not
     classes_kept: list[str] = field(default_factory=list)  # classification rows copied by name
     classes_new: list[str] = field(default_factory=list)  # classification rows re-initialised
-    notes: list[str] = field(default_factory=list)  # settings that differ from the source's
+    notes: list[str] = field(default_factory=list)  # settings that differ from the source's (warnings)
 
     def lines(self) -> list[str]:
         def part(keys: list[str]) -> str:
@@ -47,8 +48,7 @@ class InitReport:
                 f"in the file but not in this model (skipped) {part(self.skipped)}",
                 f"init_from: classification rows copied for {len(self.classes_kept)} classes matched by "
                 f"name ({', '.join(self.classes_kept[:8]) or 'none'}), re-initialised for "
-                f"{len(self.classes_new)} ({', '.join(self.classes_new[:8]) or 'none'})",
-                *(f"init_from: {n}" for n in self.notes)]
+                f"{len(self.classes_new)} ({', '.join(self.classes_new[:8]) or 'none'})"]
 
 
 def read_source(path: str) -> dict[str, Any]:
@@ -122,7 +122,10 @@ def init_from_checkpoint(model: nn.Module, source: dict[str, Any], *, class_name
     model.load_state_dict(update, strict=False)
     if model_config is not None:
         theirs = source["config"]["model"]
+        # point_offset zero is torchvision's spacing as training can assign it (fcos_r50_finetune)
+        same = {("point_offset", "torchvision", "zero")}
         report.notes = [f"model.{k}={model_config[k]} here, {theirs[k]} in the source: its weights were "
-                        f"trained for the other setting" for k in _MEANING
-                        if k in theirs and theirs[k] != model_config[k]]
+                        f"trained for the other setting (--set model.{k}={theirs[k]} uses them as trained)"
+                        for k in _MEANING if k in theirs and theirs[k] != model_config[k]
+                        and (k, theirs[k], model_config[k]) not in same]
     return report

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .build import build_inference, config_from_state
+from .build import build_inference, category_ids_of, config_from_state
 from .config import Config, apply_overrides, flatten_dict
 from .data.dataset import pad_images
 from .data.transforms import DetectionTransform, build_transforms, load_image, to_rgb8
@@ -65,11 +65,17 @@ def _to_pil(image: ImageInput) -> Image.Image:
 
 class Detector:
     def __init__(self, *, backend: TorchBackend | OnnxBackend, transform: DetectionTransform,
-                 class_names: list[str], config: Config) -> None:
+                 class_names: list[str], config: Config, category_ids: list[int] | None = None) -> None:
         self.backend = backend
         self.transform = transform
         self.class_names = list(class_names)
         self.config = config  # the model file's settings (data.scale, test.*, ...)
+        # the dataset's category id of each label (an imported COCO model: COCO's ids with gaps); None: label + 1
+        self.category_ids = None if category_ids is None else list(category_ids)
+
+    def category_id(self, label: int) -> int:
+        """The category id results files carry for `label`: the model file's, else label + 1."""
+        return self.category_ids[label] if self.category_ids is not None else label + 1
 
     @property
     def device(self) -> torch.device:
@@ -97,7 +103,7 @@ class Detector:
         graph = DetectorGraph(model=model, postprocessor=parts.postprocessor)
         backend = TorchBackend(graph=graph, device=device, channels_last=fast, precision=precision)
         return cls(backend=backend, transform=parts.transform, class_names=parts.class_names,
-                   config=parts.config)
+                   config=parts.config, category_ids=parts.category_ids)
 
     from_checkpoint = from_file
 
@@ -121,7 +127,8 @@ class Detector:
                 raise UserError(f"{path} was exported with {key}={baked}, not {value}: test settings are "
                                 f"part of the graph; export again with --set {key}={value}")
         transform = build_transforms(train=False, scale=meta["scale"], normalize=meta["normalize"]["mode"])
-        return cls(backend=backend, transform=transform, class_names=meta["class_names"], config=cfg)
+        return cls(backend=backend, transform=transform, class_names=meta["class_names"], config=cfg,
+                   category_ids=category_ids_of(meta))
 
     def detect(self, images: torch.Tensor, image_sizes: Sequence[Sequence[int]],
                orig_sizes: Sequence[Sequence[int]]) -> list[dict[str, torch.Tensor]]:

@@ -150,7 +150,8 @@ def read_weights_file(path: Path) -> dict[str, Any]:
         raise UserError(f"{path} has no fcosdet config / class names in its metadata: not a file written "
                         f"by `fcosdet export --format weights`")
     return {"model": tensors, "config": json.loads(meta[f"{META_PREFIX}config"]),
-            "class_names": json.loads(meta[f"{META_PREFIX}class_names"])}
+            "class_names": json.loads(meta[f"{META_PREFIX}class_names"]),
+            "category_ids": json.loads(meta.get(f"{META_PREFIX}category_ids", "null"))}
 
 
 def read_model_state(path: Path) -> dict[str, Any]:

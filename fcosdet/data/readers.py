@@ -85,6 +85,20 @@ def summarize_problems(problems: Sequence[str]) -> str:
     return f"skipped {len(problems)} invalid annotations/images (first: {problems[0]})"
 
 
+def _describe_categories(split: DatasetSplit) -> str:
+    ids = "no ids" if split.category_ids is None else f"ids {split.category_ids[:10]}"
+    return f"{split.source or '?'} (names {split.class_names[:10]}, {ids})"
+
+
+def check_same_categories(train: DatasetSplit, val: DatasetSplit) -> None:
+    """Train and val must give each label the same class name and category id (COCO: the same
+    'categories'), else the evaluation and the results files mix up classes: one UserError."""
+    if (train.class_names, train.category_ids) != (val.class_names, val.category_ids):
+        raise UserError(f"the train and val splits label their classes differently: "
+                        f"{_describe_categories(train)} vs {_describe_categories(val)}; give both "
+                        f"annotation files the same 'categories' list (same ids, same names).")
+
+
 # ----------------------------------------------------------------------------- image headers
 
 
@@ -215,8 +229,10 @@ def _load_json(path: Path) -> dict:
 
 
 def _coco_categories(data: dict, path: Path,
-                     class_names: Sequence[str] | None) -> tuple[dict[int, int], list[str]]:
-    """Map category id -> label: sorted ids become 0..C-1, or the index in `class_names`."""
+                     class_names: Sequence[str] | None) -> tuple[dict[int, int], list[str], list[int]]:
+    """(category id -> label, class names, category id of each label): sorted ids become labels
+    0..C-1, or a category's label is the index of its name in `class_names`, which must name
+    exactly one category each (results files write each label's id)."""
     categories = data.get("categories")
     if not isinstance(categories, list) or not categories:
         raise UserError(f"Annotation file {path} has no 'categories' list; add one entry per class "
@@ -229,9 +245,17 @@ def _coco_categories(data: dict, path: Path,
         by_id[cat["id"]] = str(cat.get("name", cat["id"]))
     if class_names is None:
         ids = sorted(by_id)
-        return {cid: label for label, cid in enumerate(ids)}, [by_id[cid] for cid in ids]
+        return {cid: label for label, cid in enumerate(ids)}, [by_id[cid] for cid in ids], ids
     names = [str(n) for n in class_names]
-    return {cid: names.index(name) for cid, name in by_id.items() if name in names}, names
+    ids: list[int] = []  # (C,) the category id of each label
+    for name in names:
+        matches = [cid for cid, cat_name in by_id.items() if cat_name == name]
+        if len(matches) != 1:
+            raise UserError(f"Annotation file {path} has {len(matches)} categories named {name!r} "
+                            f"(ids {matches}); the dataset's names need exactly one each: fix the "
+                            f"'categories' list or the names list.")
+        ids.append(matches[0])
+    return {cid: names.index(name) for cid, name in by_id.items() if name in names}, names, ids
 
 
 def _coco_images(data: dict, path: Path) -> list[dict]:
@@ -306,12 +330,13 @@ def read_coco(images_dir: str | Path, ann_file: str | Path, *, class_names: Sequ
 
     Category ids may be arbitrary (e.g. official COCO's 1..90 with gaps): sorted ids become
     labels 0..C-1 with names from 'categories'. With `class_names`, a category's label is the
-    index of its name there instead (categories not in it count as unknown).
+    index of its name there instead (categories not in it count as unknown; each name must be
+    exactly one category). `category_ids` holds each label's category id, for results files.
     `image_id` is the JSON's image id; records keep the JSON's image order.
     """
     ann_path, images_root = Path(ann_file), Path(images_dir)
     data = _load_json(ann_path)
-    cat_to_label, names = _coco_categories(data, ann_path, class_names)
+    cat_to_label, names, category_ids = _coco_categories(data, ann_path, class_names)
     images = _coco_images(data, ann_path)
     problems = _Problems(skip_invalid=skip_invalid)
     grouped = _coco_group_annotations(data, ann_path, {im["id"] for im in images}, problems)
@@ -331,7 +356,7 @@ def read_coco(images_dir: str | Path, ann_file: str | Path, *, class_names: Sequ
         if record is not None:
             records.append(record)
     return DatasetSplit(records=records, class_names=names, problems=problems.messages,
-                        source=str(ann_path), clipped=problems.clipped)
+                        source=str(ann_path), clipped=problems.clipped, category_ids=category_ids)
 
 
 # ----------------------------------------------------------------------------- Pascal VOC

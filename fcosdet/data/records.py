@@ -31,3 +31,7 @@ class DatasetSplit:
     problems: list[str] = field(default_factory=list)
     source: str = ""  # the annotation file / list the split was read from, for reports
     clipped: int = 0  # boxes clipped to their image by more than 1 px
+    # COCO: the annotation file's category id of each label (index = label), e.g. [3, 7] or
+    # COCO's 1..90 with gaps; results files write these. None (VOC, YOLO): labels have no ids,
+    # results files write label + 1.
+    category_ids: list[int] | None = None

@@ -26,9 +26,12 @@ from torchvision.transforms.v2 import functional as TF
 from fcosdet.errors import UserError
 
 CAFFE_MEAN_BGR = (102.9801, 115.9465, 122.7717)  # per BGR channel, pixel range 0..255, std 1
+# Detectron2's caffe ResNets (mmdetection's open-mmlab://detectron2/resnet50_caffe): another mean
+CAFFE_DETECTRON2_MEAN_BGR = (103.530, 116.280, 123.675)
+CAFFE_MEANS_BGR = {"caffe": CAFFE_MEAN_BGR, "caffe_detectron2": CAFFE_DETECTRON2_MEAN_BGR}
 IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)  # pixel range 0..1
 IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
-NORMALIZE_MODES = ("caffe", "pytorch")
+NORMALIZE_MODES = ("caffe", "caffe_detectron2", "pytorch")
 MIN_BOX_SIZE = 1e-3  # boxes thinner than this (pixels, after transforms) are dropped
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
@@ -79,12 +82,12 @@ def keep_ratio_size(height: int, width: int, *, short: int, max_long: int) -> tu
 
 
 def normalize_image(pixels: torch.Tensor, mode: str) -> torch.Tensor:
-    """uint8 RGB (3, H, W) -> float32 (3, H, W): 'caffe' BGR minus mean (0..255, std 1) or
-    'pytorch' RGB / 255 with ImageNet mean / std. One output allocation, the rest in place."""
+    """uint8 RGB (3, H, W) -> float32 (3, H, W): 'caffe' / 'caffe_detectron2' BGR minus that mean
+    (0..255, std 1) or 'pytorch' RGB / 255 with ImageNet mean / std. One output allocation, the rest in place."""
     out = torch.empty(pixels.shape, dtype=torch.float32)  # (3, H, W)
-    if mode == "caffe":
+    if mode in CAFFE_MEANS_BGR:
         for channel in range(3):  # RGB -> BGR while converting to float
-            out[channel].copy_(pixels[2 - channel]).sub_(CAFFE_MEAN_BGR[channel])
+            out[channel].copy_(pixels[2 - channel]).sub_(CAFFE_MEANS_BGR[mode][channel])
         return out
     out.copy_(pixels).div_(255.0)
     for channel in range(3):
@@ -94,8 +97,8 @@ def normalize_image(pixels: torch.Tensor, mode: str) -> torch.Tensor:
 
 def denormalize_image(image: torch.Tensor, mode: str) -> torch.Tensor:
     """Inverse of `normalize_image`: float (3, H, W) -> uint8 RGB (3, H, W), e.g. for drawing."""
-    if mode == "caffe":
-        mean = torch.tensor(CAFFE_MEAN_BGR, dtype=image.dtype, device=image.device).view(3, 1, 1)
+    if mode in CAFFE_MEANS_BGR:
+        mean = torch.tensor(CAFFE_MEANS_BGR[mode], dtype=image.dtype, device=image.device).view(3, 1, 1)
         rgb = (image + mean).flip(0)  # (3, H, W) 0..255
     else:
         mean = torch.tensor(IMAGENET_MEAN_RGB, dtype=image.dtype, device=image.device).view(3, 1, 1)
@@ -219,7 +222,8 @@ def build_transforms(*, train: bool, scale: Sequence[int] = (1333, 800),
     `scale` (long, short) follows mmdet: the short side goes to min(scale) unless the long side
     would exceed max(scale). `multiscale_short` is a list of short sides to choose from; pass
     e.g. `range(640, 801, 32)` for a range. `normalize`: 'caffe' (BGR, 0..255 minus the Caffe
-    mean, for Caffe-style backbones) or 'pytorch' (RGB, /255, ImageNet mean/std).
+    mean, for Caffe-style backbones), 'caffe_detectron2' (the same with Detectron2's mean) or
+    'pytorch' (RGB, /255, ImageNet mean/std).
     """
     return DetectionTransform(train=train, scale=scale, multiscale_short=multiscale_short,
                               flip_prob=flip_prob, normalize=normalize, crop_scale=crop_scale,

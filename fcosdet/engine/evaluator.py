@@ -147,10 +147,15 @@ class CocoEvaluator:
                 })
         return results
 
-    def save_results(self, path: str | Path) -> Path:
+    def save_results(self, path: str | Path, *, category_ids: list[int] | None = None) -> Path:
+        """The results file for the user; `category_ids` (the dataset's id of each label, e.g. a
+        COCO annotation file's or an imported COCO model's) replace label + 1."""
+        results = self.results_json()
+        if category_ids is not None:
+            results = [{**r, "category_id": category_ids[r["category_id"] - 1]} for r in results]
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.results_json()))
+        path.write_text(json.dumps(results))
         return path
 
     # ------------------------------------------------------------------ evaluation

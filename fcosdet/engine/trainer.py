@@ -50,6 +50,7 @@ class StepContext:
     amp_dtype: torch.dtype | None
     grad_clip: float | None
     ema: ModelEMA | None = None  # averaged weights, updated after every optimizer step
+    channels_last: bool = False  # images to channels_last (the model's weights are: build.training_model)
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
@@ -60,13 +61,17 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
 
 def train_step(ctx: StepContext, batch: Any, iteration: int) -> dict[str, float]:
     batch = batch.to(ctx.device, non_blocking=True)
+    images = batch.images.contiguous(memory_format=torch.channels_last) if ctx.channels_last else batch.images
     with autocast(ctx.device, ctx.amp_dtype):
-        outputs = ctx.model(batch.images)
+        outputs = ctx.model(images)  # (B, 3, H, W)
     losses = ctx.criterion(outputs, batch.targets)  # float32: the criterion casts
     loss = sum(losses.values())
-    if not torch.isfinite(loss):
+    # one wait for the device per step (not one per term and one for the check): the values of
+    # the terms serve both the finiteness check and the log
+    values = dict(zip(losses, torch.stack([v.detach() for v in losses.values()]).tolist()))
+    if not all(math.isfinite(v) for v in values.values()):
         names = ", ".join(Path(t["path"]).name for t in batch.targets)
-        terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+        terms = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
         raise NonFiniteLossError(
             f"non-finite loss at iteration {iteration + 1} ({terms}) on images {names}; the last "
             f"checkpoint is intact. Lower train.lr, keep train.grad_clip, check these images' boxes, "
@@ -87,7 +92,7 @@ def train_step(ctx: StepContext, batch: Any, iteration: int) -> dict[str, float]
     ctx.scheduler.step()
     if ctx.ema is not None:
         ctx.ema.update(ctx.model)
-    return {k: v.item() for k, v in losses.items()}
+    return values
 
 
 def train_one_epoch(ctx: StepContext, loader: Any, state: TrainState, *, logger: RunLogger,
@@ -151,7 +156,10 @@ def evaluate(*, detect: Detect, loader: Any, evaluator: Any) -> dict[str, Any]:
 
 
 def checkpoint_state(*, model: nn.Module, ctx: StepContext, state: TrainState,
-                     config: dict[str, Any], class_names: list[str]) -> dict[str, Any]:
+                     config: dict[str, Any], class_names: list[str],
+                     category_ids: list[int] | None = None) -> dict[str, Any]:
+    """What last.pt / best.pt hold; `category_ids` (the dataset's id of each label, None for
+    datasets without ids) is the key imported model files carry too: results files write it."""
     bare = model.module if hasattr(model, "module") else model
     # with EMA, "model" (what inference loads) holds the averaged weights, "raw_model" the
     # trained ones (what a resume continues from)
@@ -163,7 +171,7 @@ def checkpoint_state(*, model: nn.Module, ctx: StepContext, state: TrainState,
             "epoch": state.epoch, "iteration": state.iteration, "epoch_iter": state.epoch_iter,
             "best_ap": state.best_ap,
             "history": state.history, "rng": rng_state(), "config": config,
-            "class_names": class_names}
+            "class_names": class_names, "category_ids": category_ids}
 
 
 def is_better(metrics: dict[str, Any], state: TrainState) -> bool:
@@ -182,7 +190,7 @@ def save_checkpoints(run_dir: Path, ckpt: dict[str, Any], *, best: bool) -> None
 def fit(ctx: StepContext, state: TrainState, *, train_loader: Any, val_loader: Any | None,
         postprocessor: Callable, evaluator: Any | None, epochs: int, eval_interval: int,
         run_dir: Path, logger: RunLogger, config: dict[str, Any], class_names: list[str],
-        log_interval: int = 20, max_iters: int | None = None,
+        category_ids: list[int] | None = None, log_interval: int = 20, max_iters: int | None = None,
         on_eval: Callable[[dict[str, Any]], None] | None = None,
         checkpoint_interval: int | None = None) -> TrainState:
     """Epochs from state.epoch to `epochs`: train, evaluate every `eval_interval` epochs and at
@@ -198,7 +206,8 @@ def fit(ctx: StepContext, state: TrainState, *, train_loader: Any, val_loader: A
 
     def save_mid_epoch() -> None:
         save_checkpoints(run_dir, checkpoint_state(model=ctx.model, ctx=ctx, state=state, config=config,
-                                                   class_names=class_names), best=False)
+                                                   class_names=class_names, category_ids=category_ids),
+                         best=False)
 
     for epoch in range(state.epoch, epochs):
         sampler.set_epoch(epoch)  # the order of this epoch: a function of (seed, epoch)
@@ -222,8 +231,9 @@ def fit(ctx: StepContext, state: TrainState, *, train_loader: Any, val_loader: A
                 state.best_ap = metrics["AP"]
             if on_eval is not None:
                 on_eval(metrics)
-        save_checkpoints(run_dir, checkpoint_state(model=ctx.model, ctx=ctx, state=state,
-                                                   config=config, class_names=class_names), best=best)
+        save_checkpoints(run_dir, checkpoint_state(model=ctx.model, ctx=ctx, state=state, config=config,
+                                                   class_names=class_names, category_ids=category_ids),
+                         best=best)
         if done:
             break
     return state

@@ -4,6 +4,10 @@ Dimensions: B images; C3/C4/C5 have strides 8/16/32.
 norm: "frozen_bn" (the reference's BN with requires_grad=False and norm_eval: use it with
 pretrained weights), "bn" (trainable BatchNorm; `norm_eval` keeps running statistics fixed),
 or "gn" (GroupNorm(32), for training from scratch or tiny batches).
+style: "pytorch" (torchvision: a stage's stride on the 3x3 conv2 of its first Bottleneck) or
+"caffe" (mmdetection's / Detectron's caffe-style ResNets: the stride on the 1x1 conv1 instead).
+The two have the same weight shapes and output sizes but compute different features: weights
+must run with the style they were trained with.
 """
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 from torchvision.models import ResNet, resnet18, resnet34, resnet50, resnet101
-from torchvision.models.resnet import BasicBlock
+from torchvision.models.resnet import BasicBlock, Bottleneck
 from torchvision.ops import FrozenBatchNorm2d
 
 from ..errors import UserError
@@ -33,7 +37,8 @@ _NORMS = {"frozen_bn": FrozenBatchNorm2d, "bn": nn.BatchNorm2d,
 
 class ResNetBackbone(nn.Module):
     def __init__(self, *, depth: int = 50, norm: str = "frozen_bn", frozen_stages: int = 1,
-                 norm_eval: bool = True, weights: str | Path | None = None) -> None:
+                 norm_eval: bool = True, weights: str | Path | None = None,
+                 style: str = "pytorch") -> None:
         super().__init__()
         if depth not in _RESNETS:
             raise UserError(f"backbone depth {depth} is not supported; use one of {sorted(_RESNETS)}")
@@ -41,8 +46,12 @@ class ResNetBackbone(nn.Module):
             raise UserError(f"backbone norm {norm!r} is not supported; use one of {sorted(_NORMS)}")
         if not -1 <= frozen_stages <= 4:
             raise UserError(f"frozen_stages must be in [-1, 4], got {frozen_stages}")
+        if style not in ("pytorch", "caffe"):
+            raise UserError(f"backbone style {style!r} is not supported; use 'pytorch' or 'caffe'")
         body = _RESNETS[depth](weights=None, norm_layer=_NORMS[norm])
         del body.fc, body.avgpool
+        if style == "caffe":
+            _caffe_strides(body, depth)
         self.body = body
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
@@ -82,6 +91,17 @@ class ResNetBackbone(nn.Module):
         c4 = b.layer3(c3)  # (B, C4, H/16, W/16)
         c5 = b.layer4(c4)  # (B, C5, H/32, W/32)
         return [c3, c4, c5]
+
+
+def _caffe_strides(body: ResNet, depth: int) -> None:
+    """Move the stride of layer2..layer4's first Bottleneck from its 3x3 conv2 to its 1x1 conv1
+    (caffe style). The 1x1 conv has no padding, so every output size stays the same."""
+    if not isinstance(body.layer1[0], Bottleneck):
+        raise UserError(f"model.backbone_style=caffe needs a Bottleneck ResNet (depth 50 or 101), not "
+                        f"depth {depth}; use --set model.backbone_style=pytorch for depth {depth}")
+    for layer in (body.layer2, body.layer3, body.layer4):
+        first = layer[0]
+        first.conv1.stride, first.conv2.stride = first.conv2.stride, first.conv1.stride  # (2, 2), (1, 1)
 
 
 def load_torchvision_weights(body: nn.Module, path: str | Path) -> None:
