@@ -16,7 +16,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-from torchvision.ops import box_iou
+from torchvision.ops import box_convert, box_iou
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fcosdet.commands import evaluate_checkpoint  # noqa: E402
@@ -25,9 +25,9 @@ from fcosdet.commands import evaluate_checkpoint  # noqa: E402
 def _by_image(detections: list[dict]) -> dict[tuple[int, int], list[tuple[float, list[float]]]]:
     """(image_id, category_id) -> [(score, [x1, y1, x2, y2])] from COCO results ([x, y, w, h])."""
     groups: dict[tuple[int, int], list[tuple[float, list[float]]]] = defaultdict(list)
-    for d in detections:
-        x, y, w, h = d["bbox"]
-        groups[(d["image_id"], d["category_id"])].append((d["score"], [x, y, x + w, y + h]))
+    boxes = box_convert(torch.tensor([d["bbox"] for d in detections]).view(-1, 4), "xywh", "xyxy")  # (D, 4)
+    for d, box in zip(detections, boxes.tolist()):
+        groups[(d["image_id"], d["category_id"])].append((d["score"], box))
     return groups
 
 

@@ -130,8 +130,9 @@ class CocoEvaluator:
 
     # ------------------------------------------------------------------ results file
 
-    def results_json(self) -> list[dict]:
-        """Detections in COCO results format: bbox [x, y, w, h], category_id = label + 1.
+    def results_json(self, *, category_ids: list[int] | None = None) -> list[dict]:
+        """Detections in COCO results format: bbox [x, y, w, h], category_id = label + 1, or
+        `category_ids[label]` (the dataset's id of each label, e.g. a COCO annotation file's).
 
         In a distributed run, after `evaluate()` rank 0 holds every rank's detections; the
         other ranks hold their own.
@@ -141,7 +142,8 @@ class CocoEvaluator:
             boxes, scores, labels = self._predictions[image_id]
             for (x1, y1, x2, y2), score, label in zip(boxes, scores, labels):
                 results.append({
-                    "image_id": image_id, "category_id": int(label) + 1,
+                    "image_id": image_id,
+                    "category_id": int(label) + 1 if category_ids is None else category_ids[int(label)],
                     "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)],
                     "score": float(score),
                 })
@@ -150,9 +152,7 @@ class CocoEvaluator:
     def save_results(self, path: str | Path, *, category_ids: list[int] | None = None) -> Path:
         """The results file for the user; `category_ids` (the dataset's id of each label, e.g. a
         COCO annotation file's or an imported COCO model's) replace label + 1."""
-        results = self.results_json()
-        if category_ids is not None:
-            results = [{**r, "category_id": category_ids[r["category_id"] - 1]} for r in results]
+        results = self.results_json(category_ids=category_ids)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(results))
