@@ -84,6 +84,7 @@ class InferenceParts(NamedTuple):
     class_names: list[str]
     config: Config
     category_ids: list[int] | None = None  # the dataset's id of each label (trained on COCO, or imported)
+    category_ids_saved: bool = True  # False: a file from before fcosdet saved them (ids unknown, label + 1)
 
 
 def config_from_state(state: dict[str, Any]) -> Config:
@@ -103,7 +104,7 @@ def build_inference(state: dict[str, Any], *, overrides: dict[str, Any] | None =
     transform = build_transforms(train=False, scale=cfg.data.scale, normalize=cfg.data.normalize)
     return InferenceParts(model=model.eval(), postprocessor=build_postprocessor(cfg.model, cfg.test),
                           transform=transform, class_names=list(state["class_names"]), config=cfg,
-                          category_ids=category_ids_of(state))
+                          category_ids=category_ids_of(state), category_ids_saved="category_ids" in state)
 
 
 def category_ids_of(state: dict[str, Any]) -> list[int] | None:

@@ -426,6 +426,10 @@ def predict(checkpoint: Path, sources: list[str], *, out_dir: Path, score_thr: f
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
     det = Detector.from_file(checkpoint, device=_inference_device(device, checkpoint), score_thr=score_thr,
                              precision=precision, onnx_runtime=onnx_runtime)
+    if not det.category_ids_saved:
+        warn(f"{checkpoint} predates fcosdet saving each class's dataset category id: predictions.json "
+             f"numbers the classes 1..{len(det.class_names)} (label + 1), which is wrong for a COCO dataset "
+             f"with other ids; `fcosdet eval {checkpoint} --out DIR` writes its annotation file's ids")
     out_dir.mkdir(parents=True, exist_ok=True)
     results = []
     chunks = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]

@@ -65,13 +65,16 @@ def _to_pil(image: ImageInput) -> Image.Image:
 
 class Detector:
     def __init__(self, *, backend: TorchBackend | OnnxBackend, transform: DetectionTransform,
-                 class_names: list[str], config: Config, category_ids: list[int] | None = None) -> None:
+                 class_names: list[str], config: Config, category_ids: list[int] | None = None,
+                 category_ids_saved: bool = True) -> None:
         self.backend = backend
         self.transform = transform
         self.class_names = list(class_names)
         self.config = config  # the model file's settings (data.scale, test.*, ...)
         # the dataset's category id of each label (an imported COCO model: COCO's ids with gaps); None: label + 1
         self.category_ids = None if category_ids is None else list(category_ids)
+        # False: the model file predates category ids, so label + 1 may not be its dataset's numbering
+        self.category_ids_saved = category_ids_saved
 
     def category_id(self, label: int) -> int:
         """The category id results files carry for `label`: the model file's, else label + 1."""
@@ -103,7 +106,8 @@ class Detector:
         graph = DetectorGraph(model=model, postprocessor=parts.postprocessor)
         backend = TorchBackend(graph=graph, device=device, channels_last=fast, precision=precision)
         return cls(backend=backend, transform=parts.transform, class_names=parts.class_names,
-                   config=parts.config, category_ids=parts.category_ids)
+                   config=parts.config, category_ids=parts.category_ids,
+                   category_ids_saved=parts.category_ids_saved)
 
     from_checkpoint = from_file
 
@@ -128,7 +132,7 @@ class Detector:
                                 f"part of the graph; export again with --set {key}={value}")
         transform = build_transforms(train=False, scale=meta["scale"], normalize=meta["normalize"]["mode"])
         return cls(backend=backend, transform=transform, class_names=meta["class_names"], config=cfg,
-                   category_ids=category_ids_of(meta))
+                   category_ids=category_ids_of(meta), category_ids_saved="category_ids" in meta)
 
     def detect(self, images: torch.Tensor, image_sizes: Sequence[Sequence[int]],
                orig_sizes: Sequence[Sequence[int]]) -> list[dict[str, torch.Tensor]]:

@@ -149,9 +149,11 @@ def read_weights_file(path: Path) -> dict[str, Any]:
     if f"{META_PREFIX}config" not in meta or f"{META_PREFIX}class_names" not in meta:
         raise UserError(f"{path} has no fcosdet config / class names in its metadata: not a file written "
                         f"by `fcosdet export --format weights`")
-    return {"model": tensors, "config": json.loads(meta[f"{META_PREFIX}config"]),
-            "class_names": json.loads(meta[f"{META_PREFIX}class_names"]),
-            "category_ids": json.loads(meta.get(f"{META_PREFIX}category_ids", "null"))}
+    state = {"model": tensors, "config": json.loads(meta[f"{META_PREFIX}config"]),
+             "class_names": json.loads(meta[f"{META_PREFIX}class_names"])}
+    if f"{META_PREFIX}category_ids" in meta:  # absent in files exported before the key existed
+        state["category_ids"] = json.loads(meta[f"{META_PREFIX}category_ids"])
+    return state
 
 
 def read_model_state(path: Path) -> dict[str, Any]:

@@ -107,14 +107,30 @@ def test_trained_model_writes_the_datasets_ids_in_predict_eval_and_export(traine
     assert torch.load(trained / "best.pt", weights_only=True)["category_ids"] == [3, 7]
 
 
-def test_checkpoint_without_category_ids_still_predicts_label_plus_one(trained, dataset, tmp_path):
+def test_checkpoint_without_category_ids_predicts_label_plus_one_with_a_warning(trained, dataset, tmp_path,
+                                                                                capsys):
     state = torch.load(trained / "last.pt", weights_only=True)
+    save_atomic({**state, "category_ids": None}, tmp_path / "voc.pt")  # trained on VOC / YOLO data: no ids
     del state["category_ids"]  # a checkpoint written before the key existed
     save_atomic(state, tmp_path / "old.pt")
     image = sorted((dataset / "images").iterdir())[0]
+    capsys.readouterr()
+    cli(["predict", str(tmp_path / "voc.pt"), str(image), "--out", str(tmp_path / "voc"), "--score-thr", "0"])
+    assert "warning" not in capsys.readouterr().err  # label + 1 is that dataset's numbering
     cli(["predict", str(tmp_path / "old.pt"), str(image), "--out", str(tmp_path / "pred"), "--score-thr", "0"])
+    err = capsys.readouterr().err  # the ids are unknown: label + 1 may be wrong, and the fix is named
+    assert "fcosdet: warning:" in err and "old.pt predates" in err and "fcosdet eval" in err
     preds = json.loads((tmp_path / "pred" / "predictions.json").read_text())
     assert preds and all(p["category_id"] == {"rbc": 1, "wbc": 2}[p["category"]] for p in preds)
+    # an exported weights file from before the key behaves the same; one exported today keeps the key
+    cli(["export", str(tmp_path / "voc.pt"), "--format", "weights", "--out", str(tmp_path / "voc.safetensors")])
+    assert Detector.from_file(tmp_path / "voc.safetensors").category_ids_saved
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+    with safe_open(str(tmp_path / "voc.safetensors"), framework="pt") as f:
+        meta = {k: v for k, v in f.metadata().items() if not k.endswith("category_ids")}
+    save_file(load_file(str(tmp_path / "voc.safetensors")), str(tmp_path / "old.safetensors"), metadata=meta)
+    assert not Detector.from_file(tmp_path / "old.safetensors").category_ids_saved
     # evaluated on its COCO dataset, detections.json takes that annotation file's ids
     cli(["eval", str(tmp_path / "old.pt"), "--out", str(tmp_path / "eval"), "--set", "test.score_thr=0"])
     assert {d["category_id"] for d in json.loads((tmp_path / "eval" / "detections.json").read_text())} == {3, 7}

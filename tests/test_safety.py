@@ -307,7 +307,7 @@ def _checkpoint(path: Path) -> Path:
                                                    "model.feat_channels": 32, "model.stacked_convs": 1,
                                                    "model.num_classes": 2, "data.scale": [128, 128]})
     save_atomic({"model": build_model(cfg.model).state_dict(), "config": cfg.to_dict(),
-                 "class_names": ["a", "b"]}, path)
+                 "class_names": ["a", "b"], "category_ids": None}, path)
     return path
 
 
