@@ -31,7 +31,6 @@ side add up to about its total (`sum`); compare the two sides' stages, not absol
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -234,16 +233,10 @@ def main() -> None:
     start = time.perf_counter()
     result: dict[str, Any] = {"threads": torch.get_num_threads(), "repeats": args.repeats, "quick": args.quick,
                               "torch": torch.__version__}
+    from speed_vs_torchvision import run_sections
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.sections:
-            result[name] = predict_section(args, Path(tmp)) if name == "predict" else train_section(args)
-            print(f"{name} ({time.perf_counter() - start:.0f} s): {json.dumps(result[name])}",
-                  file=sys.stderr, flush=True)
-    result["total_seconds"] = time.perf_counter() - start
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+        sections = {"predict": lambda: predict_section(args, Path(tmp)), "train": lambda: train_section(args)}
+        run_sections(sections, args.sections, result, start=start, out=args.out)
 
 
 if __name__ == "__main__":

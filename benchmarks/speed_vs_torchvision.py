@@ -218,6 +218,21 @@ def flops_section(args, device: torch.device) -> dict[str, Any]:
             "share_of_conv_rate": {k: v / conv_rate for k, v in rate.items()}}
 
 
+def run_sections(sections: dict[str, Callable[[], Any]], names: list[str], result: dict[str, Any], *,
+                 start: float, out: Path | None) -> None:
+    """Run the named sections into `result`, then print it as JSON (and write it to `out`)."""
+    for name in names:
+        result[name] = sections[name]()
+        # each section's figures as soon as they exist: a run cut short keeps them
+        print(f"{name} ({time.perf_counter() - start:.0f} s): {json.dumps(result[name])}",
+              file=sys.stderr, flush=True)
+    result["total_seconds"] = time.perf_counter() - start
+    text = json.dumps(result, indent=1)
+    print(text)
+    if out:
+        out.write_text(text)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--repeats", type=int, default=5)
@@ -240,16 +255,7 @@ def main() -> None:
                     "flops": lambda: flops_section(args, device),
                     "predict_r50": lambda: predict_section(args, Path(tmp), device, r50=True),
                     "train_r50": lambda: train_section(args, device)}
-        for name in args.sections:
-            result[name] = sections[name]()
-            # each section's figures as soon as they exist: a run cut short keeps them
-            print(f"{name} ({time.perf_counter() - start:.0f} s): {json.dumps(result[name])}",
-                  file=sys.stderr, flush=True)
-    result["total_seconds"] = time.perf_counter() - start
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+        run_sections(sections, args.sections, result, start=start, out=args.out)
 
 
 if __name__ == "__main__":
