@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from fcosdet.data import load_dataset_spec
-from fcosdet.targets import (DEFAULT_STRIDES, anchor_points, assign_targets, assign_targets_batch,
-                             level_grids)
+from fcosdet.model.points import STRIDES, anchor_points, level_grids
+from fcosdet.model.targets import assign_targets, assign_targets_batch
 
 BCCD = Path(__file__).resolve().parents[2] / "shared" / "data" / "bccd"
 
@@ -55,9 +55,9 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--data", type=Path, default=BCCD, help="the bccd folder (default ../shared/data/bccd)")
     args = ap.parse_args()
-    sizes = [(-(-336 // s), -(-448 // s)) for s in DEFAULT_STRIDES]
-    points = anchor_points(sizes, DEFAULT_STRIDES, device=args.device)
-    grids = level_grids(sizes, DEFAULT_STRIDES)
+    sizes = [(-(-336 // s), -(-448 // s)) for s in STRIDES]
+    points = anchor_points(sizes, STRIDES, device=args.device)
+    grids = level_grids(sizes, STRIDES)
     result = {"benchmark": "assign_batch", "device": args.device, "points": sum(h * w for h, w in sizes)}
     for batch in args.batch:
         batches = _bccd_batches(args.data, batch, args.device)

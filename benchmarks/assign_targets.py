@@ -20,10 +20,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _inputs(args):
     import torch
-    from fcosdet.targets import DEFAULT_STRIDES, anchor_points
+
+    from fcosdet.model.points import STRIDES, anchor_points
     g = torch.Generator().manual_seed(0)
-    sizes = [(-(-args.height // s), -(-args.width // s)) for s in DEFAULT_STRIDES]
-    points = anchor_points(sizes, DEFAULT_STRIDES, device=args.device)
+    sizes = [(-(-args.height // s), -(-args.width // s)) for s in STRIDES]
+    points = anchor_points(sizes, STRIDES, device=args.device)
     xy = torch.rand(args.boxes, 2, generator=g) * torch.tensor([args.width, args.height])
     wh = torch.rand(args.boxes, 2, generator=g) ** 3 * 400 + 4  # mostly small: crowded scenes
     boxes = torch.cat([xy, xy + wh], 1).to(args.device)
@@ -49,10 +50,12 @@ def worker(args) -> None:
     import torch
     sys.path.insert(0, str(ROOT / "tests"))
     from dense_reference import dense_assign
-    from fcosdet.targets import DEFAULT_REGRESS_RANGES, DEFAULT_STRIDES, assign_targets
+
+    from fcosdet.model.points import REGRESS_RANGES, STRIDES
+    from fcosdet.model.targets import assign_targets
     points, boxes, labels = _inputs(args)
     fn = assign_targets if args.impl == "fcosdet" else dense_assign
-    kw = dict(num_classes=80, strides=DEFAULT_STRIDES, regress_ranges=DEFAULT_REGRESS_RANGES,
+    kw = dict(num_classes=80, strides=STRIDES, regress_ranges=REGRESS_RANGES,
               center_sampling=args.center_sampling)
     cuda = args.device.startswith("cuda")
     base = _current_rss_kib()
@@ -91,6 +94,8 @@ def main() -> None:
     import tempfile
 
     import torch
+
+    from fcosdet.model.points import STRIDES
     results, outs = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for impl in ("fcosdet", "dense"):
@@ -99,7 +104,7 @@ def main() -> None:
             proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
             results[impl] = json.loads(proc.stdout.strip().splitlines()[-1])
             outs[impl] = torch.load(out)
-    points = sum(-(-args.height // s) * -(-args.width // s) for s in (8, 16, 32, 64, 128))
+    points = sum(-(-args.height // s) * -(-args.width // s) for s in STRIDES)
     print(json.dumps({
         "benchmark": "assign_targets", "device": args.device, "points": points, "boxes": args.boxes,
         "center_sampling": args.center_sampling,

@@ -35,8 +35,8 @@ BCCD = ROOT.parent / "shared" / "data" / "bccd"
 
 
 def run_fcosdet(args, run_dir: Path) -> dict:
-    from fcosdet.commands import train
-    from fcosdet.config import load_config
+    from fcosdet.cli.train import train
+    from fcosdet.presets import load_config
     cfg = load_config(args.preset, args.set)
     cfg.data.dataset = str(args.data)
     cfg.train.device, cfg.train.seed = args.device, args.seed
@@ -69,7 +69,7 @@ def _torchvision_model(num_classes: int, width: int) -> nn.Module:
 
 def run_torchvision(args) -> dict:
     from fcosdet.data import DetectionDataset, build_loader, build_transforms, load_dataset_spec
-    from fcosdet.data.dataset import EpochSampler
+    from fcosdet.data.loader import EpochSampler
     from fcosdet.distributed import init_from_env
     from fcosdet.engine.optim import WarmupSchedule, build_optimizer
     torch.manual_seed(args.seed)
@@ -115,7 +115,7 @@ def run_torchvision(args) -> dict:
 @torch.no_grad()
 def _evaluate_torchvision(model, split, mean, std, workers: int) -> dict:
     from fcosdet.data import DetectionDataset, build_loader, build_transforms
-    from fcosdet.engine.evaluator import CocoEvaluator
+    from fcosdet.engine.evaluation.coco import CocoEvaluator
     model.eval()
     model.score_thresh, model.nms_thresh, model.detections_per_img = 0.05, 0.6, 100
     tf = build_transforms(train=False, scale=(448, 320), normalize="pytorch")

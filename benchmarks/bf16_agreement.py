@@ -19,7 +19,7 @@ import torch
 from torchvision.ops import box_convert, box_iou
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fcosdet.commands import evaluate_checkpoint  # noqa: E402
+from fcosdet.cli.evaluate import evaluate_checkpoint  # noqa: E402
 
 
 def _by_image(detections: list[dict]) -> dict[tuple[int, int], list[tuple[float, list[float]]]]:

@@ -1,7 +1,7 @@
 """OpenVINO vs onnxruntime on fcosdet's exported ONNX detector (issue 10), one JSON object.
 
 Random weights (classification head widened so that boxes pass the threshold), exported with
-`fcosdet.export.export_onnx` (the whole detector: network, decoding, NonMaxSuppression, dynamic
+`fcosdet.deploy.export.export_onnx` (the whole detector: network, decoding, NonMaxSuppression, dynamic
 batch / height / width). Cases: fcos_r18_tricks_cpu at a 320 x 427 image (padded 320 x 448) and
 fcos_r50_1x at 800 x 1216, batch 1. The same random normalised input goes to onnxruntime and to
 OpenVINO (the dynamic-shape model as exported, and reshaped to the static input shape); they
@@ -35,9 +35,12 @@ QUICK = {"r18_cpu_128x192": ("fcos_r18_tricks_cpu", 128, 192)}
 def export(preset_name: str, out: Path) -> Path:
     """A random-weight detector of the preset (20 classes) as an ONNX file."""
     import torch
-    from fcosdet.build import build_inference, build_model
-    from fcosdet.config import preset
-    from fcosdet.export import export_onnx
+
+    from fcosdet.deploy.build import build_inference
+    from fcosdet.deploy.export import export_onnx
+    from fcosdet.io.model_file import ModelFile
+    from fcosdet.model.build import build_model
+    from fcosdet.presets import preset
     torch.manual_seed(0)
     cfg = preset(preset_name)
     cfg.model.num_classes, cfg.model.backbone_weights = 20, None
@@ -45,8 +48,8 @@ def export(preset_name: str, out: Path) -> Path:
     with torch.no_grad():  # the default init scores ~0.01 everywhere: below score_thr, no boxes
         torch.nn.init.normal_(model.head.conv_cls.weight, std=0.05)
         torch.nn.init.constant_(model.head.conv_cls.bias, -2.5)
-    state = {"model": model.state_dict(), "config": cfg.to_dict(), "class_names": [f"c{i}" for i in range(20)]}
-    return export_onnx(build_inference(state), out)
+    model_file = ModelFile(model=model.state_dict(), config=cfg.to_dict(), class_names=[f"c{i}" for i in range(20)])
+    return export_onnx(build_inference(model_file), out)
 
 
 def time_onnx(path: str, h: int, w: int, repeats: int, threads: int) -> dict:

@@ -76,9 +76,9 @@ def race(sides: dict[str, Callable[[], Stages]], repeats: int) -> dict[str, Stag
 
 
 def fcosdet_predict_stages(weights: Path, image) -> Callable[[], Stages]:
-    from fcosdet.data.dataset import pad_images
-    from fcosdet.postprocess import Detections, split_per_image
-    from fcosdet.predictor import Detector
+    from fcosdet.data.loader import pad_images
+    from fcosdet.deploy.predictor import Detector
+    from fcosdet.model.postprocess import Detections, split_per_image
     det = Detector.from_file(weights)  # the default: fast fp32 (BatchNorm folded, channels_last)
     backend = det.backend
     model, post = backend.graph.model, backend.graph.postprocessor
@@ -147,9 +147,8 @@ def torchvision_predict_stages(model, image) -> Callable[[], Stages]:
 
 
 def predict_section(args, folder: Path) -> dict[str, Any]:
-    from torchvision.models.detection import fcos_resnet50_fpn
-
     from speed_vs_torchvision import QUICK_HW, fcosdet_weights, photo
+    from torchvision.models.detection import fcos_resnet50_fpn
     size = QUICK_HW if args.quick else (800, 1216)
     weights = fcosdet_weights("fcos_r50_1x", folder, scale=(max(size), min(size)) if args.quick else None)
     tv = fcos_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91).eval()
@@ -171,9 +170,9 @@ def train_inputs(height: int, width: int):
 
 
 def fcosdet_train_stages(images, boxes, labels) -> Callable[[], Stages]:
-    from fcosdet.build import build_criterion, build_model, training_model, uses_channels_last
-    from fcosdet.config import preset
     from fcosdet.engine.optim import build_optimizer
+    from fcosdet.model.build import build_criterion, build_model, training_model, uses_channels_last
+    from fcosdet.presets import preset
     cfg = preset("fcos_r50_1x")
     cpu = torch.device("cpu")
     model = training_model(build_model(cfg.model).train(), cfg.train, cpu)

@@ -75,18 +75,20 @@ def race(contenders: dict[str, Callable[[], Any]], *, repeats: int, device: torc
 def fcosdet_weights(preset_name: str, folder: Path, *, scale: tuple[int, int] | None = None,
                     width: int | None = None, num_classes: int = 80) -> Path:
     """A random fcosdet model of a preset as an exported .safetensors weights file."""
-    from fcosdet.build import build_inference, build_model
-    from fcosdet.config import preset
-    from fcosdet.export import export_model
+    from fcosdet.deploy.build import build_inference
+    from fcosdet.deploy.export import export_model
+    from fcosdet.io.model_file import ModelFile
+    from fcosdet.model.build import build_model
+    from fcosdet.presets import preset
     cfg = preset(preset_name)
     cfg.model.num_classes = num_classes
     if scale is not None:
         cfg.data.scale = scale
     if width is not None:
         cfg.model.fpn_channels = cfg.model.feat_channels = width
-    state = {"model": build_model(cfg.model).state_dict(), "config": cfg.to_dict(),
-             "class_names": [f"class{i}" for i in range(num_classes)]}
-    return export_model(build_inference(state), "weights", folder / f"{preset_name}.safetensors", overwrite=True)
+    model_file = ModelFile(model=build_model(cfg.model).state_dict(), config=cfg.to_dict(),
+                           class_names=[f"class{i}" for i in range(num_classes)])
+    return export_model(build_inference(model_file), "weights", folder / f"{preset_name}.safetensors", overwrite=True)
 
 
 def torchvision_predict(model: nn.Module, image: np.ndarray, device: torch.device) -> Callable[[], Any]:
@@ -100,10 +102,10 @@ def torchvision_predict(model: nn.Module, image: np.ndarray, device: torch.devic
 
 
 def predict_section(args, folder: Path, device: torch.device, *, r50: bool) -> dict[str, Any]:
+    from bccd_vs_torchvision import _torchvision_model
     from torchvision.models.detection import fcos_resnet50_fpn
 
-    from bccd_vs_torchvision import _torchvision_model
-    from fcosdet.predictor import Detector
+    from fcosdet.deploy.predictor import Detector
     if r50:
         size = QUICK_HW if args.quick else (800, 1216)
         weights = fcosdet_weights("fcos_r50_1x", folder, scale=(max(size), min(size)) if args.quick else None)
@@ -123,11 +125,11 @@ def predict_section(args, folder: Path, device: torch.device, *, r50: bool) -> d
         det = Detector.from_file(weights, device=dev, **kw)
         contenders[name] = (lambda d: lambda: d.predict(image))(det)
     if not args.quick and device.type == "cpu":
-        from fcosdet.build import build_inference
-        from fcosdet.export import export_model
-        from fcosdet.runtime import read_model_state
+        from fcosdet.deploy.build import build_inference
+        from fcosdet.deploy.export import export_model
+        from fcosdet.io.model_file import ModelFile
         start = time.perf_counter()
-        onnx_file = export_model(build_inference(read_model_state(weights)), "onnx", weights.with_suffix(".onnx"),
+        onnx_file = export_model(build_inference(ModelFile.load(weights)), "onnx", weights.with_suffix(".onnx"),
                                  overwrite=True)
         export_seconds = time.perf_counter() - start
         for runtime in ("onnxruntime", "openvino"):  # the same exported file
@@ -147,9 +149,9 @@ def predict_section(args, folder: Path, device: torch.device, *, r50: bool) -> d
 def train_section(args, device: torch.device) -> dict[str, Any]:
     from torchvision.models.detection import fcos_resnet50_fpn
 
-    from fcosdet.build import build_criterion, build_model, training_model, uses_channels_last
-    from fcosdet.config import preset
     from fcosdet.engine.optim import build_optimizer
+    from fcosdet.model.build import build_criterion, build_model, training_model, uses_channels_last
+    from fcosdet.presets import preset
     height, width = QUICK_HW if args.quick else (800, 1216)
     torch.manual_seed(0)
     boxes = [torch.tensor([[40.0, 60, 300, 400], [500, 100, 700, 380], [20, 20, 90, 70]]) * (height / 800)
@@ -191,9 +193,9 @@ def train_section(args, device: torch.device) -> dict[str, Any]:
 def flops_section(args, device: torch.device) -> dict[str, Any]:
     from torch.utils.flop_counter import FlopCounterMode
 
-    from fcosdet.build import build_model
-    from fcosdet.config import preset
-    from fcosdet.fastpath import fast_inference_model
+    from fcosdet.deploy.fastpath import fast_inference_model
+    from fcosdet.model.build import build_model
+    from fcosdet.presets import preset
     height, width = QUICK_HW if args.quick else (800, 1216)
     model = build_model(preset("fcos_r50_1x").model).to(device).eval()
     fast = fast_inference_model(model)

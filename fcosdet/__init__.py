@@ -4,6 +4,6 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str):
     if name == "Detector":  # imported lazily: `import fcosdet` stays light
-        from .predictor import Detector
+        from fcosdet.deploy.predictor import Detector
         return Detector
     raise AttributeError(name)

@@ -1,9 +1,14 @@
-"""torch.distributed helpers shared by the loss, the engine and the evaluator."""
+"""torch.distributed helpers shared by the criterion, the engine and the evaluator."""
 from __future__ import annotations
+
+import datetime
+import os
 
 import torch
 import torch.distributed as dist
-from torch import Tensor
+from torch import Tensor, nn
+
+from fcosdet.errors import UserError
 
 
 def is_distributed() -> bool:
@@ -22,6 +27,11 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside DistributedDataParallel (or the model itself)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
 def reduce_mean(value: Tensor) -> Tensor:
     """Mean of a tensor over all workers (the reference's `reduce_mean`); identity when alone."""
     if not is_distributed():
@@ -38,16 +48,11 @@ def init_from_env(device: str = "auto", *, timeout_s: float = 600.0) -> torch.de
     A worker that dies makes torchrun stop the others; a collective that waits longer than
     `timeout_s` raises instead of hanging.
     """
-    import datetime
-    import os
-
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     use_cuda = torch.cuda.is_available() and device != "cpu"
     if device not in ("auto", "cpu") and not device.startswith("cuda"):
-        from .errors import UserError
         raise UserError(f"train.device {device!r} is not one of auto, cpu, cuda, cuda:N")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        from .errors import UserError
         raise UserError(f"train.device is {device!r} but no CUDA GPU is visible; use train.device=cpu")
     # torchrun sets TORCHELASTIC_RUN_ID: a 1-worker launch joins a process group too
     launched = int(os.environ.get("WORLD_SIZE", 1)) > 1 or "TORCHELASTIC_RUN_ID" in os.environ

@@ -1,7 +1,7 @@
 """A straightforward (P, G, 4) target assignment, written from the seed's description.
 
 Used only as a test oracle and as the baseline of benchmarks/assign_targets.py: it builds the
-reference's broadcast tensors, which is what fcosdet.targets.assign_targets avoids.
+reference's broadcast tensors, which is what fcosdet.model.targets.assign_targets avoids.
 Dimensions: P points, G boxes.
 """
 import torch

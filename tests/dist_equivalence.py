@@ -9,9 +9,9 @@ import sys
 import torch
 
 from fcosdet import distributed as D
-from fcosdet.build import build_criterion, build_model
-from fcosdet.config import preset
 from fcosdet.data import DetectionDataset, build_transforms, collate, load_dataset_spec
+from fcosdet.model.build import build_criterion, build_model
+from fcosdet.presets import preset
 
 
 def main(data_dir: str, out: str) -> None:

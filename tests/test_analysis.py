@@ -8,15 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from fcosdet.analysis.assignment import featmap_sizes
 from fcosdet.analysis.targets_view import compute_view
-from fcosdet.build import build_model
-from fcosdet.cli import run as cli
-from fcosdet.commands import assign_settings, check_data
-from fcosdet.config import load_config
+from fcosdet.cli.data import check_data
+from fcosdet.cli.main import run as cli
 from fcosdet.data import DetectionDataset, build_transforms, load_dataset_spec
-from fcosdet.data.dataset import pad_images
-from fcosdet.targets import anchor_points, assign_targets
+from fcosdet.data.build import build_transform
+from fcosdet.data.loader import pad_images
+from fcosdet.model.build import build_criterion, build_model
+from fcosdet.model.points import anchor_points, featmap_sizes, level_grids
+from fcosdet.model.targets import assign_targets, assign_targets_batch
+from fcosdet.presets import load_config
 
 SMALL = ["--set", "data.scale=[320,256]"]
 
@@ -53,7 +54,7 @@ def test_show_targets_positives_equal_assign_targets_on_bccd(tmp_path, shared_da
     labels, _ = assign_targets(points, target["boxes"], target["labels"], num_classes=3,
                                strides=cfg.model.strides, regress_ranges=cfg.model.regress_ranges,
                                center_sampling=True, center_sample_radius=cfg.model.center_sample_radius)
-    view = compute_view(record, assign_settings(cfg))  # what show-targets draws and counts
+    view = compute_view(record, build_criterion(cfg.model), build_transform(cfg, train=False))  # what show-targets draws
     assert view.size == tuple(image.shape[-2:]) and torch.equal(view.boxes, target["boxes"])
     owner = view.main.box_of_point
     positive = owner < len(target["boxes"])
@@ -76,11 +77,39 @@ def test_show_targets_runs_on_aquarium_and_coco128(tmp_path, shared_data, capsys
 
 def test_show_targets_unknown_image_is_one_line(tmp_path, shared_data, capsys):
     with pytest.raises(SystemExit) as exc:
-        from fcosdet.cli import main
+        from fcosdet.cli.main import main
         main(["show-targets", str(shared_data / "bccd"), "nope.jpg", "--out", str(tmp_path)])
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "nope.jpg is not in split 'train'" in err[0]
+
+
+def test_analysis_points_follow_the_criterions_point_offset(shared_data):
+    """fcos_r50_finetune trains on points at j*stride (model.point_offset=zero): the analysis
+    assigns on those points (each level's grid starts at 0, not stride // 2), with the positives
+    `assign_targets_batch` gives on that grid for the image the evaluation transform makes."""
+    cfg = load_config("fcos_r50_finetune", ["data.scale=[512,384]"])
+    criterion, transform = build_criterion(cfg.model), build_transform(cfg, train=False)
+    assert criterion.point_offset == "zero"
+    split = load_dataset_spec(shared_data / "bccd", "train")
+    view = compute_view(split.records[3], criterion, transform)
+    image, target = DetectionDataset(split, transforms=transform)[3]
+    sizes = featmap_sizes(image.shape[-2:], criterion.strides)
+    points = anchor_points(sizes, criterion.strides, offset="zero")  # L x (H*W, 2)
+    assert view.main.sizes == sizes
+    for level, stride in enumerate(criterion.strides):
+        assert view.main.points[level][0].tolist() == [0.0, 0.0] != [stride // 2] * 2
+        assert torch.equal(view.main.points[level], points[level])
+    kw = dict(num_classes=3, strides=criterion.strides, regress_ranges=criterion.regress_ranges,
+              center_sampling=criterion.center_sampling, center_sample_radius=criterion.center_sample_radius)
+    labels, _ = assign_targets_batch(points, [target["boxes"]], [target["labels"]],
+                                     grids=level_grids(sizes, criterion.strides, offset="zero"), **kw)  # (1, P)
+    owner = view.main.box_of_point  # (P,)
+    positive = owner < len(target["boxes"])
+    assert positive.sum() > 0 and torch.equal(positive, labels[0] < 3)
+    assert torch.equal(target["labels"][owner[positive]], labels[0][labels[0] < 3])
+    half, _ = assign_targets(anchor_points(sizes, criterion.strides), target["boxes"], target["labels"], **kw)
+    assert not torch.equal(positive, half < 3)  # the half-stride grid assigns other points here
 
 
 def _hand_built_coco(root):
@@ -130,6 +159,25 @@ def test_check_data_report_levels_and_no_positive_boxes_exact(tmp_path, capsys):
     printed = captured.out
     assert "decoding images: 4/4 (100 %)" in captured.err  # progress outside a terminal too
     assert "no positive point: 2 (50.0%)" in printed and "suggestion: --set model.regress_ranges=" in printed
+
+
+def test_check_data_and_show_targets_use_the_zero_offset_points_of_fcos_r50_finetune(tmp_path, capsys):
+    """The hand-built boxes under fcos_r50_finetune (points at j*stride, center sampling 1.5):
+    A [8,8,39,39] gets the 3x3 stride-8 points 16..32; B [0,0,128,128] the 3x3 stride-16 points
+    48..80 in its centre region and the stride-8 point (64, 64) (max distance 64 <= 64); C
+    [53,53,58,58] the stride-8 point (56, 56), which the half-stride grid (52, 60) misses;
+    D [0,58,128,63] lies between the rows y = 56 and 64: none."""
+    data = _hand_built_coco(tmp_path / "data")
+    finetune = ["--config", "fcos_r50_finetune", "--set", "data.scale=[128,128]"]
+    assert cli(["check-data", str(data), "--splits", "train", *finetune, "--out", str(tmp_path / "report")]) == 0
+    report = json.loads((tmp_path / "report" / "report.json").read_text())["train"]
+    assert report["levels"] == {"P3": 2, "P4": 1, "P5": 0, "P6": 0, "P7": 0}
+    assert report["no_positive"] == 1 and report["no_positive_examples"][0]["image"].endswith("d.png")
+    assert report["mean_positives_per_box"] == (9 + 10 + 1 + 0) / 4
+    assert cli(["show-targets", str(data), "c.png", "b.png", *finetune, "--out", str(tmp_path / "targets")]) == 0
+    summary_c = (tmp_path / "targets" / "c_targets.txt").read_text()
+    assert "1 boxes, 1 positive points" in summary_c and "boxes with no positive point: 0" in summary_c
+    assert "1 boxes, 10 positive points" in (tmp_path / "targets" / "b_targets.txt").read_text()
 
 
 @pytest.mark.parametrize("name", ["bccd", "aquarium", "coco128"])
@@ -186,7 +234,7 @@ def test_average_recall_exact_on_hand_built_detections():
     """Image 1: two exact detections of two boxes; image 2: one detection at IoU 0.62 (matched
     at thresholds .50, .55, .60 only). AR100 = (3 * 3/3 + 7 * 2/3) / 10; with one detection
     per image image 1 finds one box: AR1 = (3 * 2/3 + 7 * 1/3) / 10."""
-    from fcosdet.engine.evaluator import CocoEvaluator, format_table
+    from fcosdet.engine.evaluation.coco import CocoEvaluator, format_table
     records = [_record(1, [[0, 0, 50, 50], [100, 100, 150, 150]], [0, 0]), _record(2, [[0, 0, 100, 100]], [0])]
     ev = CocoEvaluator(records=records, class_names=["cell", "empty"])
     ev.process([{"image_id": 1, **dict(zip(("boxes", "scores", "labels"),

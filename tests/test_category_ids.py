@@ -9,12 +9,12 @@ import shutil
 import pytest
 import torch
 
-from fcosdet.cli import main
-from fcosdet.cli import run as cli
+from fcosdet.cli.main import main
+from fcosdet.cli.main import run as cli
 from fcosdet.data import load_dataset_spec, read_coco, read_voc
-from fcosdet.engine.checkpoint import save_atomic
+from fcosdet.deploy.predictor import Detector
 from fcosdet.errors import UserError
-from fcosdet.predictor import Detector
+from fcosdet.io.model_file import save_atomic
 
 IDS = {7: "wbc", 3: "rbc"}  # bccd's WBC (1) -> 7, RBC (2) -> 3; Platelets dropped
 BCCD_TO_ID = {1: 7, 2: 3}
@@ -125,8 +125,8 @@ def test_checkpoint_without_category_ids_predicts_label_plus_one_with_a_warning(
     # an exported weights file from before the key behaves the same; one exported today keeps the key
     cli(["export", str(tmp_path / "voc.pt"), "--format", "weights", "--out", str(tmp_path / "voc.safetensors")])
     assert Detector.from_file(tmp_path / "voc.safetensors").category_ids_saved
-    from safetensors.torch import load_file, save_file
     from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
     with safe_open(str(tmp_path / "voc.safetensors"), framework="pt") as f:
         meta = {k: v for k, v in f.metadata().items() if not k.endswith("category_ids")}
     save_file(load_file(str(tmp_path / "voc.safetensors")), str(tmp_path / "old.safetensors"), metadata=meta)

@@ -10,19 +10,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fcosdet.data.dataset import DetectionDataset
-from fcosdet.data.readers import (
-    detect_layout,
-    image_size,
-    load_dataset_spec,
-    read_coco,
-    read_voc,
-    read_yolo,
-    summarize_problems,
-    verify_images,
-)
+from fcosdet.data.coco import read_coco
+from fcosdet.data.images import image_size, verify_images
+from fcosdet.data.layout import detect_layout, load_dataset_spec
+from fcosdet.data.loader import DetectionDataset
 from fcosdet.data.records import DatasetSplit
 from fcosdet.data.transforms import build_transforms
+from fcosdet.data.validate import summarize_problems
+from fcosdet.data.voc import read_voc
+from fcosdet.data.yolo import read_yolo
 from fcosdet.errors import UserError
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

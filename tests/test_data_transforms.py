@@ -8,8 +8,14 @@ import pytest
 import torch
 from PIL import Image
 
-from fcosdet.data.dataset import Batch, DetectionDataset, build_loader, collate, pad_images
-from fcosdet.data.readers import image_size
+from fcosdet.data.images import image_size, load_image
+from fcosdet.data.loader import (
+    Batch,
+    DetectionDataset,
+    build_loader,
+    collate,
+    pad_images,
+)
 from fcosdet.data.records import DatasetSplit, ImageRecord
 from fcosdet.data.transforms import (
     CAFFE_MEAN_BGR,
@@ -18,7 +24,6 @@ from fcosdet.data.transforms import (
     build_transforms,
     denormalize_image,
     keep_ratio_size,
-    load_image,
 )
 from fcosdet.errors import UserError
 

@@ -4,9 +4,11 @@ import json
 import pytest
 import torch
 
-from fcosdet.cli import main
-from fcosdet.cli import run as cli
-from fcosdet.predictor import Detector
+from fcosdet.cli.main import main
+from fcosdet.cli.main import run as cli
+from fcosdet.deploy.predictor import Detector
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 TINY = ["--set", "model.depth=18", "--set", "model.fpn_channels=32", "--set", "model.feat_channels=32",
         "--set", "model.stacked_convs=1", "--set", "data.scale=[224,160]", "--set", "data.multiscale_short=null",
@@ -57,7 +59,7 @@ def test_train_eval_resume_predict_on_bccd(tmp_path, shared_data, capsys):
     assert len(list(pred_dir.glob("*_det.jpg"))) == 2
     assert all(len(p["bbox"]) == 4 and p["category"] in {"Platelets", "RBC", "WBC"} for p in preds)
 
-    det = Detector.from_checkpoint(run_dir / "last.pt", score_thr=0.0)
+    det = Detector.from_file(run_dir / "last.pt", score_thr=0.0)
     result = det.predict(images[0])
     assert result["boxes"].shape[1] == 4 and len(result["class_names"]) == len(result["scores"])
     assert (result["boxes"][:, 2] <= 640).all() and (result["boxes"][:, 3] <= 480).all()
@@ -110,14 +112,15 @@ def test_existing_run_dir_is_not_overwritten_and_errors_are_one_line(tmp_path, s
 def test_demo_command_end_to_end(tmp_path, monkeypatch, capsys):
     """`fcosdet demo` as `make demo` runs it, cut to 3 iterations: generates the 192 px shapes
     data, trains the demo preset (ResNet-10, AdamW), evaluates, draws detections."""
-    from fcosdet import config
     from PIL import Image
 
+    from fcosdet import presets
+
     def short_demo():
-        cfg = config._demo()
+        cfg = presets._demo()
         cfg.train.max_iters = 3
         return cfg
-    monkeypatch.setitem(config.PRESETS, "demo", short_demo)
+    monkeypatch.setitem(presets.PRESETS, "demo", short_demo)
     run_dir, data_dir = tmp_path / "demo", tmp_path / "shapes"
     assert cli(["demo", "--run-dir", str(run_dir), "--data-dir", str(data_dir)]) == 0
     out = capsys.readouterr().out

@@ -7,12 +7,11 @@ import math
 
 import pytest
 import torch
+from test_finetune import _tiny_bccd
 from torch import nn
 
-from fcosdet.cli import run
+from fcosdet.cli.main import run
 from fcosdet.engine.ema import ModelEMA, ema_decay
-
-from test_finetune import _tiny_bccd
 
 
 class _Hand(nn.Module):
@@ -74,6 +73,7 @@ def test_ema_exact_with_warmup_and_reload():
     assert torch.equal(again.module.w, ema.module.w)
 
 
+@pytest.mark.slow
 def test_train_with_ema_saves_averaged_weights_and_resumes(tmp_path, shared_data):
     data = _tiny_bccd(tmp_path, shared_data)
     common = ["--data", data, "--set", "data.scale=[192,128]", "--set", "data.multiscale_short=null",

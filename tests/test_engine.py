@@ -6,13 +6,14 @@ import pytest
 import torch
 from torch import nn
 
-from fcosdet.cli import main
-from fcosdet.config import apply_overrides, preset
-from fcosdet.data.dataset import Batch
-from fcosdet.engine.checkpoint import load_checkpoint, save_atomic
+from fcosdet.cli.main import main
+from fcosdet.config import apply_overrides
+from fcosdet.data.loader import Batch
+from fcosdet.engine.loop import NonFiniteLossError, StepContext, train_step
 from fcosdet.engine.optim import WarmupSchedule, build_optimizer
-from fcosdet.engine.trainer import NonFiniteLossError, StepContext, train_step
 from fcosdet.errors import UserError
+from fcosdet.io.model_file import ModelFile, save_atomic
+from fcosdet.presets import preset
 
 
 def test_warmup_and_schedules():
@@ -72,11 +73,11 @@ def test_atomic_save_keeps_the_old_file_on_failure(tmp_path):
             raise RuntimeError("disk full")
     with pytest.raises(RuntimeError):
         save_atomic({"model": Boom()}, path)
-    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(2))
+    assert torch.equal(torch.load(path, weights_only=True)["model"]["w"], torch.ones(2))
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
     (tmp_path / "cut.pt").write_bytes(path.read_bytes()[:100])
     with pytest.raises(UserError, match="cut.pt"):
-        load_checkpoint(tmp_path / "cut.pt")
+        ModelFile.load(tmp_path / "cut.pt")
 
 
 def _tiny_coco(tmp_path: Path, shared_data: Path) -> Path:

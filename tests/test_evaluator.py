@@ -13,7 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from fcosdet.data.records import ImageRecord
-from fcosdet.engine.evaluator import CocoEvaluator, format_table, save_metrics
+from fcosdet.engine.evaluation.coco import CocoEvaluator, format_table, save_metrics
 
 CLASSES = ["cat", "dog"]
 BCCD_VAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bccd" / "val.json"
@@ -150,9 +150,10 @@ def test_format_table_and_save_metrics(tmp_path):
 
 @pytest.mark.usefixtures("shared_data")  # fails, never skips, without ../shared/data
 def test_bccd_ground_truth_as_detections_gives_ap_one():
-    from pycocotools.coco import COCO
     import contextlib
     import io
+
+    from pycocotools.coco import COCO
 
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO(str(BCCD_VAL))

@@ -11,12 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
-from fcosdet.build import build_inference
-from fcosdet.cli import main
-from fcosdet.cli import run as cli
-from fcosdet.engine.checkpoint import load_checkpoint
-from fcosdet.export import export_model, export_onnx, export_program, export_torch_program
-from fcosdet.predictor import Detector
+from fcosdet.cli.main import main
+from fcosdet.cli.main import run as cli
+from fcosdet.deploy.build import build_inference
+from fcosdet.deploy.export import export_model, export_onnx, export_program, export_torch_program
+from fcosdet.deploy.predictor import Detector
+from fcosdet.io.model_file import ModelFile
 
 TINY = ["--set", "model.depth=18", "--set", "model.fpn_channels=32", "--set", "model.feat_channels=32",
         "--set", "model.stacked_convs=1", "--set", "data.scale=[224,160]", "--set", "data.multiscale_short=null",
@@ -28,6 +28,8 @@ IMAGES = ["bccd/images/BloodImage_00000.jpg",  # 640 x 480
           "coco128/images/000000000025.jpg",  # 640 x 426
           "coco128/images/000000000036.jpg",  # 481 x 640
           "coco128/images/000000000042.jpg"]  # 640 x 478
+
+pytestmark = [pytest.mark.slow]
 
 
 def _close(got, ref):
@@ -50,7 +52,7 @@ def exported(tmp_path_factory, shared_data):
     low, second = sorted(best)[:2]
     assert second - low > 1e-5, "two images share their best score: cannot place the threshold"
     thr = (low + second) / 2  # the image with the lowest best score has no detection above it
-    parts = build_inference(load_checkpoint(ckpt), overrides={"test.score_thr": thr})
+    parts = build_inference(ModelFile.load(ckpt), overrides={"test.score_thr": thr})
     program = export_program(parts)  # traced once for both graph formats (export_model traces each time)
     files = {"weights": export_model(parts, "weights", root / "model.safetensors"),
              "torchscript": export_torch_program(parts, root / "model.pt2", program=program),
@@ -65,7 +67,7 @@ def test_weights_file_gives_the_checkpoints_detections(exported):
     files = exported["files"]
     assert files["weights"].stat().st_size < exported["ckpt"].stat().st_size  # no optimiser state
     det = Detector.from_file(files["weights"], score_thr=exported["thr"])
-    assert det.class_names == load_checkpoint(exported["ckpt"])["class_names"]
+    assert det.class_names == ModelFile.load(exported["ckpt"]).class_names
     for got, ref in zip(det.predict_batch(exported["images"]), exported["reference"]):
         for key in ("boxes", "scores", "labels"):
             assert torch.equal(got[key], ref[key])
@@ -74,7 +76,7 @@ def test_weights_file_gives_the_checkpoints_detections(exported):
 @pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
 def test_onnx_detector_matches_pytorch_batched_and_one_by_one(exported, runtime):
     det = Detector.from_file(exported["files"]["onnx"], onnx_runtime=runtime)
-    assert det.class_names == load_checkpoint(exported["ckpt"])["class_names"]
+    assert det.class_names == ModelFile.load(exported["ckpt"]).class_names
     for got, ref in zip(det.predict_batch(exported["images"]), exported["reference"]):
         _close(got, ref)
         assert got["class_names"] == ref["class_names"]
@@ -163,7 +165,7 @@ assert not any(m.startswith("fcosdet") for m in sys.modules), "fcosdet was impor
 
 def _prepared_batch(det, images, root):
     prepared = [det._prepare(im) for im in images]
-    from fcosdet.data.dataset import pad_images
+    from fcosdet.data.loader import pad_images
     batch = pad_images([x for x, _ in prepared]).numpy()
     sizes = np.array([t["img_size"] for _, t in prepared], np.int64)
     np.save(root / "batch.npy", batch)

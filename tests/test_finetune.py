@@ -11,15 +11,16 @@ import torch
 import yaml
 from torchvision.models.detection import fcos_resnet50_fpn
 
-from fcosdet.build import build_model
-from fcosdet.cli import run
-from fcosdet.config import preset
+from fcosdet.cli.main import run
+from fcosdet.engine.finetune import init_from_checkpoint
 from fcosdet.errors import UserError
-from fcosdet.finetune import init_from_checkpoint
+from fcosdet.io.model_file import ModelFile
 from fcosdet.model.backbone import ResNetBackbone
+from fcosdet.model.build import build_model
+from fcosdet.presets import preset
 
 
-def _source(names: list[str], seed: int = 1) -> dict:
+def _source(names: list[str], seed: int = 1) -> ModelFile:
     cfg = preset("demo")
     cfg.model.num_classes = len(names)
     torch.manual_seed(seed)
@@ -27,7 +28,7 @@ def _source(names: list[str], seed: int = 1) -> dict:
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p))  # nothing equals a fresh initialisation by chance
-    return {"model": model.state_dict(), "config": cfg.to_dict(), "class_names": names}
+    return ModelFile(model=model.state_dict(), config=cfg.to_dict(), class_names=names)
 
 
 def _target(names: list[str]) -> torch.nn.Module:
@@ -42,7 +43,7 @@ def test_init_from_copies_tensors_and_class_rows_by_name():
     model = _target(["Platelets", "cat"])
     fresh = {k: v.clone() for k, v in model.state_dict().items()}
     report = init_from_checkpoint(model, source, class_names=["Platelets", "cat"], path="src.pt")
-    own, src = model.state_dict(), source["model"]
+    own, src = model.state_dict(), source.model
     for key in own:
         if not key.startswith("head.conv_cls."):
             assert torch.equal(own[key], src[key]), key
@@ -60,7 +61,7 @@ def test_init_from_same_classes_in_another_order_loads_everything():
     model = _target(["c", "a", "b"])
     report = init_from_checkpoint(model, source, class_names=["c", "a", "b"], path="src.pt")
     w = model.state_dict()["head.conv_cls.weight"]
-    assert torch.equal(w, source["model"]["head.conv_cls.weight"][[2, 0, 1]])
+    assert torch.equal(w, source.model["head.conv_cls.weight"][[2, 0, 1]])
     assert not report.reinitialised and report.classes_new == []
 
 
@@ -89,8 +90,8 @@ def test_backbone_weights_by_torchvision_name_offline_and_unknown(tmp_path, monk
 
 def test_backbone_weights_by_name_from_the_cache_and_normalisation(tmp_path, monkeypatch):
     """A file already in torch.hub's cache is used (no download) and sets data.normalize."""
-    from fcosdet.commands import _use_pretrained_normalize
-    from fcosdet.hub import cache_path, torchvision_weights
+    from fcosdet.engine.build import use_pretrained_normalize
+    from fcosdet.io.hub import cache_path, torchvision_weights
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     weights = torchvision_weights("torchvision:ResNet18_Weights.IMAGENET1K_V1")
     from torchvision.models import resnet18
@@ -108,7 +109,7 @@ def test_backbone_weights_by_name_from_the_cache_and_normalisation(tmp_path, mon
     cfg = preset("fcos_r50_1x")
     cfg.model.backbone_weights = "torchvision:ResNet18_Weights.IMAGENET1K_V1"
     assert cfg.data.normalize == "caffe"
-    _use_pretrained_normalize(cfg, None)
+    use_pretrained_normalize(cfg, None)
     assert cfg.data.normalize == "pytorch"
 
 
@@ -125,6 +126,7 @@ def _tiny_bccd(tmp_path, shared_data) -> str:
     return str(tmp_path / "data.yaml")
 
 
+@pytest.mark.slow
 def test_finetune_imported_coco_fcos_on_bccd(tmp_path, shared_data, capsys):
     torch.manual_seed(0)
     tv = fcos_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91)

@@ -13,10 +13,14 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from fcosdet.config import load_config, save_config
-from fcosdet.data.readers import load_dataset_spec, read_coco, read_voc, read_yolo
+from fcosdet.config import save_config
+from fcosdet.data.coco import read_coco
+from fcosdet.data.layout import load_dataset_spec
 from fcosdet.data.records import DatasetSplit
+from fcosdet.data.voc import read_voc
+from fcosdet.data.yolo import read_yolo
 from fcosdet.errors import UserError
+from fcosdet.presets import load_config
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

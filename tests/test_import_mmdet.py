@@ -11,16 +11,17 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-
-from fcosdet.build import build_model
-from fcosdet.cli import main
-from fcosdet.cli import run as cli
-from fcosdet.config import preset
-from fcosdet.engine.checkpoint import load_checkpoint
-from fcosdet.errors import UserError
-from fcosdet.importers import coco_categories, import_mmdet_fcos, parse_mmdet_config
-from fcosdet.model.backbone import ResNetBackbone
 from test_safety import _one_error_line, _Payload
+
+from fcosdet.cli.main import main
+from fcosdet.cli.main import run as cli
+from fcosdet.errors import UserError
+from fcosdet.io.importers.mmdet import import_mmdet_fcos, parse_mmdet_config
+from fcosdet.io.importers.torchvision import coco_categories
+from fcosdet.io.model_file import ModelFile
+from fcosdet.model.backbone import ResNetBackbone
+from fcosdet.model.build import build_model
+from fcosdet.presets import preset
 
 COCO80 = [n for n in coco_categories() if n not in ("__background__", "N/A")]
 COCO_IDS = [i for i, n in enumerate(coco_categories()) if n not in ("__background__", "N/A")]
@@ -121,7 +122,7 @@ def tricks(tmp_path_factory):
     src = _save_mmdet(tmp / "fcos_tricks.pth", model)
     out = tmp / "imported.pt"
     assert cli(["import-weights", "mmdet-fcos", str(src), "--out", str(out), "--set", "data.scale=[320,256]"]) == 0
-    return {"model": model, "src": src, "out": out, "state": load_checkpoint(out), "tmp": tmp}
+    return {"model": model, "src": src, "out": out, "state": ModelFile.load(out).to_state(), "tmp": tmp}
 
 
 def test_every_tensor_lands_with_the_config_the_text_gives(tricks):
@@ -148,7 +149,7 @@ def test_normalisation_caffe_detectron2_is_bgr_0_255_minus_detectron2_mean():
     assert out[:, 0, 0].tolist() == pytest.approx([200 - 103.53, 10 - 116.28, 0 - 123.675])  # B, G, R
     assert out[:, 0, 1].tolist() == pytest.approx([100 - 103.53, 20 - 116.28, 255 - 123.675])
     assert torch.equal(denormalize_image(out, "caffe_detectron2"), pixels)
-    from fcosdet.export import normalisation_metadata  # what an exported .onnx tells its users
+    from fcosdet.deploy.export import normalisation_metadata  # what an exported .onnx tells its users
     meta = normalisation_metadata("caffe_detectron2")
     assert (meta["channel_order"], meta["pixel_scale"], meta["mean"], meta["std"]) == (
         "BGR", 1.0, [103.53, 116.28, 123.675], [1.0, 1.0, 1.0])
@@ -199,7 +200,7 @@ def test_parse_config_text_reads_literals_and_refuses_conflicts():
 
 
 def test_mmdet_normalisations_map_to_fcosdet_modes_or_are_refused():
-    from fcosdet.importers import _mmdet_normalize
+    from fcosdet.io.importers.mmdet import _mmdet_normalize
 
     def mode(text):
         return _mmdet_normalize(parse_mmdet_config(text, "x.pth"), "x.pth")
@@ -218,7 +219,7 @@ def test_without_config_text_the_variant_is_required(tmp_path):
     with pytest.raises(UserError, match="fcos_base.pth has no meta\\['config'\\].*--variant"):
         import_mmdet_fcos(src, tmp_path / "a.pt")
     import_mmdet_fcos(src, tmp_path / "a.pt", variant="fcos_r50_1x")
-    state = load_checkpoint(tmp_path / "a.pt")
+    state = ModelFile.load(tmp_path / "a.pt").to_state()
     for key, value in model.state_dict().items():
         assert torch.equal(state["model"][key], value), key
     m = state["config"]["model"]
@@ -282,7 +283,7 @@ def test_eval_results_file_carries_the_model_files_category_ids(tmp_path):
     """`fcosdet eval --out` writes detections.json for the user: an imported COCO model's labels
     become COCO ids there (label + 1 otherwise); the metrics keep their internal numbering."""
     from fcosdet.data.records import ImageRecord
-    from fcosdet.engine.evaluator import CocoEvaluator
+    from fcosdet.engine.evaluation.coco import CocoEvaluator
     rec = ImageRecord(path="a.jpg", width=50, height=40, boxes=torch.tensor([[0.0, 0, 10, 10]]).numpy(),
                       labels=torch.tensor([1]).numpy(), image_id=7)
     ev = CocoEvaluator(records=[rec], class_names=["bicycle", "stop sign"])
@@ -304,8 +305,8 @@ def _small_torchvision_fcos(*, weights=None, weights_backbone=None, num_classes:
     FPN and one conv per tower: fcos_resnet50_fpn's layout at a fraction of the export time."""
     from torchvision.models import resnet18
     from torchvision.models.detection import FCOS
-    from torchvision.models.detection.fcos import FCOSHead
     from torchvision.models.detection.backbone_utils import BackboneWithFPN
+    from torchvision.models.detection.fcos import FCOSHead
     from torchvision.ops import FrozenBatchNorm2d
     from torchvision.ops.feature_pyramid_network import LastLevelP6P7
     assert weights is None and weights_backbone is None
@@ -321,8 +322,9 @@ def exported_torchvision(tmp_path_factory, shared_data):
     by the importer, written with the torchvision_fcos_r50 settings at depth 18 / width 64 / one
     conv per tower, exported."""
     import test_import_torchvision as tvtest
-    from fcosdet.engine.checkpoint import save_atomic
-    from fcosdet.importers import convert_torchvision_fcos
+
+    from fcosdet.io.importers.torchvision import convert_torchvision_fcos
+    from fcosdet.io.model_file import save_atomic
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(tvtest, "fcos_resnet50_fpn", _small_torchvision_fcos)
         tv = tvtest._random_torchvision_fcos()
@@ -347,10 +349,11 @@ def exported_torchvision(tmp_path_factory, shared_data):
     return {"ckpt": ckpt, "onnx": onnx, "images": images, "ids": ids}
 
 
+@pytest.mark.slow
 def test_onnx_export_of_an_imported_torchvision_fcos_gives_the_pytorch_detections(exported_torchvision):
     from test_export import _close
 
-    from fcosdet.predictor import Detector
+    from fcosdet.deploy.predictor import Detector
     ckpt, onnx, images = (exported_torchvision[k] for k in ("ckpt", "onnx", "images"))
     reference = Detector.from_file(ckpt)
     cfg = reference.config
@@ -378,12 +381,12 @@ def test_onnx_export_of_an_imported_torchvision_fcos_gives_the_pytorch_detection
 def test_fine_tuning_an_import_with_another_backbone_style_says_so():
     """model.init_from=<an imported caffe-style file> into a pytorch-style model: same shapes, other
     features; the run prints it (the README's fine-tune command sets model.backbone_style=caffe)."""
-    from fcosdet.finetune import init_from_checkpoint
+    from fcosdet.engine.finetune import init_from_checkpoint
     cfg = preset("demo")
     model = build_model(cfg.model)
     source_cfg = cfg.to_dict()
     source_cfg["model"] = dict(source_cfg["model"], backbone_style="caffe")
-    source = {"model": model.state_dict(), "config": source_cfg, "class_names": [str(i) for i in range(5)]}
+    source = ModelFile(model=model.state_dict(), config=source_cfg, class_names=[str(i) for i in range(5)])
     report = init_from_checkpoint(model, source, class_names=[str(i) for i in range(5)], path="mmdet.pt",
                                   model_config=cfg.to_dict()["model"])
     assert any(n.startswith("model.backbone_style=pytorch here, caffe in the source") for n in report.notes)

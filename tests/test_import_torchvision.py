@@ -13,13 +13,15 @@ import torch
 from torchvision.models.detection import fcos_resnet50_fpn
 from torchvision.models.detection.image_list import ImageList
 
-from fcosdet.build import build_model, build_postprocessor
-from fcosdet.cli import run
-from fcosdet.data.dataset import pad_images
-from fcosdet.data.transforms import build_transforms, load_image
+from fcosdet.cli.main import run
+from fcosdet.data.images import load_image
+from fcosdet.data.loader import pad_images
+from fcosdet.data.transforms import build_transforms
+from fcosdet.deploy.build import config_of
 from fcosdet.errors import UserError
-from fcosdet.importers import coco_categories, import_torchvision_fcos
-from fcosdet.predictor import config_from_checkpoint
+from fcosdet.io.importers.torchvision import coco_categories, import_torchvision_fcos
+from fcosdet.io.model_file import ModelFile
+from fcosdet.model.build import build_model, build_postprocessor
 
 
 def _random_torchvision_fcos() -> torch.nn.Module:
@@ -51,7 +53,7 @@ def imported(tmp_path_factory, shared_data):
     out = tmp / "imported.pt"
     assert run(["import-weights", "torchvision-fcos", str(tmp / "tv_fcos.pth"), "--out", str(out)]) == 0
     state = torch.load(out, map_location="cpu", weights_only=True)  # plain types and tensors only
-    cfg = config_from_checkpoint(state)
+    cfg = config_of(ModelFile.load(out))
     model = build_model(cfg.model).eval()
     model.load_state_dict(state["model"])
     # two real images, short side 256: bccd 256x341 (landscape), coco128 336x256 (portrait)
@@ -80,7 +82,7 @@ def test_import_keeps_the_80_coco_classes_with_their_ids(imported):
 
 def test_imported_file_runs_through_the_detector(imported, shared_data, tmp_path):
     """The product's inference path reads the imported file: class names are COCO's."""
-    from fcosdet.predictor import Detector
+    from fcosdet.deploy.predictor import Detector
     path = tmp_path / "imported.pt"
     small = dict(imported["state"], config={**imported["state"]["config"]})
     small["config"]["data"] = dict(small["config"]["data"], scale=(384, 256))  # a quick test
@@ -161,7 +163,7 @@ def test_offline_coco_v1_names_the_cache_path(tmp_path, monkeypatch, capsys):
 
 
 def test_anchor_points_zero_offset_for_torchvision_and_the_reference_default():
-    from fcosdet.targets import anchor_points, level_grids
+    from fcosdet.model.points import anchor_points, level_grids
     (zero,) = anchor_points([(2, 3)], [8], offset="zero")
     assert zero.tolist() == [[0, 0], [8, 0], [16, 0], [0, 8], [8, 8], [16, 8]]
     (half,) = anchor_points([(2, 3)], [8])  # default: the reference's s // 2
@@ -172,11 +174,12 @@ def test_anchor_points_zero_offset_for_torchvision_and_the_reference_default():
                            offset="torchvision")[3:]  # a 352 x 320 input: spacing 352 // 6, 320 // 5, ...
     assert p6[:2].tolist() == [[0, 0], [64, 0]] and p6[5].tolist() == [0, 58]
     assert p7[:3].tolist() == [[0, 0], [106, 0], [212, 0]] and p7[3].tolist() == [0, 117]
-    from fcosdet.postprocess import _level_points
+    from fcosdet.model.points import level_points
     sizes, strides = [(44, 40), (22, 20), (11, 10), (6, 5), (3, 3)], [8, 16, 32, 64, 128]
     first = torch.zeros(1, 2, 44, 40)
     for (h, w), s, ref in zip(sizes, strides, anchor_points(sizes, strides, offset="torchvision")):
-        assert torch.equal(_level_points(torch.zeros(1, 2, h, w), s, "torchvision", padded=(first, 8)), ref)
+        assert torch.equal(level_points(torch.zeros(1, 2, h, w).shape[-2:], s, "torchvision",
+                                        padded=(first.shape[-2] * 8, first.shape[-1] * 8)), ref)
     with pytest.raises(ValueError, match="for inference"):
         level_grids([(2, 3)], [8], offset="torchvision")
     with pytest.raises(ValueError, match="point offset"):
@@ -187,17 +190,19 @@ def test_assignment_with_zero_offset_points_equals_the_dense_oracle():
     """Training with torchvision's points (model.point_offset=zero): the batch assignment, with
     the zero-offset grids the criterion passes, equals the reference's dense computation."""
     from dense_reference import dense_assign
-    from fcosdet.targets import DEFAULT_REGRESS_RANGES, DEFAULT_STRIDES, anchor_points, assign_targets_batch, level_grids
+
+    from fcosdet.model.points import REGRESS_RANGES, STRIDES, anchor_points, level_grids
+    from fcosdet.model.targets import assign_targets_batch
     torch.manual_seed(3)
     sizes = [(40, 56), (20, 28), (10, 14), (5, 7), (3, 4)]
-    pts = anchor_points(sizes, DEFAULT_STRIDES, offset="zero")
+    pts = anchor_points(sizes, STRIDES, offset="zero")
     xy = torch.round(torch.rand(60, 2) * torch.tensor([448.0, 320.0]) / 4) * 4
     wh = torch.round((torch.rand(60, 2) ** 2 * 400 + 0.5) / 8) * 8 + 1
     boxes, labels = torch.cat([xy, xy + wh], 1), torch.randint(0, 4, (60,))
     for cs in (False, True):
         lab, tgt = assign_targets_batch(pts, [boxes], [labels], num_classes=4, center_sampling=cs,
-                                        grids=level_grids(sizes, DEFAULT_STRIDES, offset="zero"))
-        ref = dense_assign(pts, boxes, labels, num_classes=4, strides=DEFAULT_STRIDES,
-                           regress_ranges=DEFAULT_REGRESS_RANGES, center_sampling=cs)
+                                        grids=level_grids(sizes, STRIDES, offset="zero"))
+        ref = dense_assign(pts, boxes, labels, num_classes=4, strides=STRIDES,
+                           regress_ranges=REGRESS_RANGES, center_sampling=cs)
         assert torch.equal(lab[0], ref[0]) and torch.equal(tgt[0], ref[1])
         assert (lab[0] < 4).sum() > 50  # positives exist

@@ -3,12 +3,13 @@ import math
 
 import pytest
 import torch
-
 from dense_reference import reference_loss
-from fcosdet.loss import fcos_loss
-from fcosdet.targets import DEFAULT_REGRESS_RANGES, DEFAULT_STRIDES, anchor_points, assign_targets
 
-S, R = DEFAULT_STRIDES, DEFAULT_REGRESS_RANGES
+from fcosdet.model.criterion import fcos_loss
+from fcosdet.model.points import REGRESS_RANGES, STRIDES, anchor_points
+from fcosdet.model.targets import assign_targets
+
+S, R = STRIDES, REGRESS_RANGES
 
 
 def _outputs(b, h, w, c, seed=0, requires_grad=True):

@@ -5,10 +5,10 @@ import torch
 import torchvision
 from PIL import Image
 
-from fcosdet.build import build_criterion, build_model, build_postprocessor
-from fcosdet.config import preset
 from fcosdet.errors import UserError
 from fcosdet.model import ResNetBackbone
+from fcosdet.model.build import build_criterion, build_model, build_postprocessor
+from fcosdet.presets import preset
 
 
 def _small_cfg(name="fcos_r18_cpu", classes=3):

@@ -9,11 +9,11 @@ import torch
 from PIL import Image
 from torchvision.ops import batched_nms
 
-from fcosdet.boxes import distance2bbox
 from fcosdet.data.transforms import build_transforms
 from fcosdet.model import FCOSOutputs
-from fcosdet.postprocess import FCOSPostProcessor, _rescale
-from fcosdet.targets import anchor_points
+from fcosdet.model.boxes import distance2bbox
+from fcosdet.model.points import anchor_points, level_points
+from fcosdet.model.postprocess import FCOSPostProcessor, _rescale
 
 
 def _logit(p: float) -> float:
@@ -136,9 +136,21 @@ def test_eval_resize_round_trips_through_rescale(orig):
 
 
 @pytest.mark.parametrize("offset", ["half_stride", "zero"])
-def test_level_points_equal_anchor_points(offset):
-    from fcosdet.postprocess import _level_points
+def test_level_points_of_tensor_shapes_equal_anchor_points(offset):
+    """The post-processor's points (built from the outputs' own shapes) are `anchor_points` of
+    the integer sizes, and follow a symbolic H, W under torch.export."""
     sizes, strides = [(5, 7), (3, 4), (1, 1)], (8, 16, 32)
     expected = anchor_points(sizes, strides, offset=offset)
     for (h, w), stride, ref in zip(sizes, strides, expected):
-        assert torch.equal(_level_points(torch.zeros(2, 3, h, w), stride, offset), ref)
+        assert torch.equal(level_points(torch.zeros(2, 3, h, w).shape[-2:], stride, offset), ref)
+
+    class Grid(torch.nn.Module):
+        def forward(self, x):  # x (B, C, H, W) -> (H*W, 2)
+            return level_points(x.shape[-2:], 16, offset)
+
+    height, width = torch.export.Dim("height", min=2, max=64), torch.export.Dim("width", min=2, max=64)
+    program = torch.export.export(Grid(), (torch.zeros(1, 3, 4, 6),),
+                                  dynamic_shapes={"x": {2: height, 3: width}})
+    for h, w in ((5, 7), (9, 3)):
+        (ref,) = anchor_points([(h, w)], [16], offset=offset)
+        assert torch.equal(program.module()(torch.zeros(1, 3, h, w)), ref)

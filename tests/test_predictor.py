@@ -5,17 +5,19 @@ import pytest
 import torch
 from PIL import Image
 
-from fcosdet.build import build_inference, build_model
-from fcosdet.config import preset
+from fcosdet.deploy.build import build_inference
+from fcosdet.deploy.export import export_model
+from fcosdet.deploy.fastpath import fast_inference_model, fold_batchnorm
+from fcosdet.deploy.predictor import Detector
 from fcosdet.errors import UserError
-from fcosdet.export import export_model
-from fcosdet.fastpath import fast_inference_model, fold_batchnorm
-from fcosdet.predictor import Detector
+from fcosdet.io.model_file import ModelFile
+from fcosdet.model.build import build_model
+from fcosdet.presets import preset
 
 BCCD_IMAGE = "bccd/images/BloodImage_00000.jpg"
 
 
-def _state(norm: str = "frozen_bn", seed: int = 0) -> dict:
+def _state(norm: str = "frozen_bn", seed: int = 0) -> ModelFile:
     """A small random FCOS whose BatchNorm statistics are not the identity (so folding matters)
     and whose classification logits spread (so scores do not tie)."""
     cfg = preset("fcos_r18_cpu")
@@ -34,7 +36,7 @@ def _state(norm: str = "frozen_bn", seed: int = 0) -> dict:
                 m.bias.uniform_(-0.2, 0.2)
         model.head.conv_cls.weight.mul_(300.0)
         model.head.conv_cls.bias.fill_(-1.0)
-    return {"model": model.state_dict(), "config": cfg.to_dict(), "class_names": ["a", "b", "c"]}
+    return ModelFile(model=model.state_dict(), config=cfg.to_dict(), class_names=["a", "b", "c"])
 
 
 @pytest.fixture(scope="module")

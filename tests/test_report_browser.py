@@ -12,7 +12,9 @@ import subprocess
 
 import pytest
 
-from fcosdet.cli import run as cli
+from fcosdet.cli.main import run as cli
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 CHROMIUM = "/usr/bin/chromium"
 TINY = ["--set", "model.depth=10", "--set", "model.fpn_channels=32", "--set", "model.feat_channels=32",

@@ -13,13 +13,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_safety import SMALL, tiny_bccd
 
-from fcosdet.cli import main
+from fcosdet.cli.main import main
 from fcosdet.data import DetectionDataset, build_loader, build_transforms
-from fcosdet.data.dataset import EpochSampler
+from fcosdet.data.loader import EpochSampler
 from fcosdet.data.records import DatasetSplit, ImageRecord
 from fcosdet.engine.logging import truncate_log
-from test_safety import SMALL, tiny_bccd
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 ROOT = Path(__file__).resolve().parents[1]
 # 8 training images, batch 2: 4 iterations per epoch, 3 epochs; random flips and scales; no evaluation

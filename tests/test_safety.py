@@ -10,14 +10,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from fcosdet.build import build_model
-from fcosdet.cli import main
-from fcosdet.cli import run as cli
-from fcosdet.config import apply_overrides, preset
-from fcosdet.data.readers import load_dataset_spec, read_coco, read_voc, read_yolo
-from fcosdet.engine.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
+from fcosdet.cli.main import main
+from fcosdet.cli.main import run as cli
+from fcosdet.config import apply_overrides
+from fcosdet.data.coco import read_coco
+from fcosdet.data.layout import load_dataset_spec
+from fcosdet.data.voc import read_voc
+from fcosdet.data.yolo import read_yolo
+from fcosdet.deploy.predictor import Detector
+from fcosdet.engine.checkpoint import rng_state, set_rng_state
 from fcosdet.errors import UserError
-from fcosdet.predictor import Detector
+from fcosdet.io.model_file import ModelFile, save_atomic
+from fcosdet.model.build import build_model
+from fcosdet.presets import preset
 
 SMALL = ["--set", "model.depth=10", "--set", "model.fpn_channels=32", "--set", "model.feat_channels=32",
          "--set", "model.stacked_convs=1", "--set", "data.scale=[192,128]", "--set", "data.multiscale_short=null",
@@ -69,9 +74,9 @@ def test_crafted_checkpoint_runs_no_code_on_any_load_path(tmp_path, shared_data,
     marker = tmp_path / "pwned"
     evil = _crafted(tmp_path / "evil.pt", marker)
     with pytest.raises(UserError, match="evil.pt.*weights_only=True"):
-        load_checkpoint(evil)
+        ModelFile.load(evil)
     with pytest.raises(UserError, match="evil.pt"):
-        Detector.from_checkpoint(evil)
+        Detector.from_file(evil)
     image = sorted((shared_data / "bccd" / "images").iterdir())[0]
     for argv in (["eval", str(evil), "--data", str(shared_data / "bccd")],
                  ["predict", str(evil), str(image), "--out", str(tmp_path / "pred")]):
@@ -124,7 +129,7 @@ def test_full_disk_names_the_file_and_keeps_the_previous_checkpoint(tmp_path, mo
                                         r"the previous last\.pt is kept"):
         save_atomic({"model": {"w": torch.zeros(2)}}, path)
     monkeypatch.undo()
-    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(2))
+    assert torch.equal(torch.load(path, weights_only=True)["model"]["w"], torch.ones(2))
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
 
@@ -278,7 +283,7 @@ def test_frozen_random_backbone_is_refused_naming_the_fix(tmp_path, shared_data,
 
 
 def test_torchvision_weights_with_caffe_normalisation_warn(capsys):
-    from fcosdet.commands import check_backbone_init
+    from fcosdet.engine.build import check_backbone_init
     cfg = apply_overrides(preset("fcos_r50_1x"), {"model.backbone_weights": "resnet50.pth"})
     check_backbone_init(cfg)
     assert "data.normalize=caffe feeds BGR 0-255: set --set data.normalize=pytorch" in capsys.readouterr().err

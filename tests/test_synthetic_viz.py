@@ -10,13 +10,12 @@ import pytest
 import yaml
 from PIL import Image
 
+from fcosdet.analysis.viz import draw_detections, plot_curves
 from fcosdet.data import synthetic
 from fcosdet.data.records import ImageRecord
-from fcosdet.data.synthetic import (MAX_OBJECTS, SYNTHETIC_CLASSES, ensure_synthetic_dataset,
-                                    make_synthetic_dataset)
-from fcosdet.engine.evaluator import CocoEvaluator
+from fcosdet.data.synthetic import MAX_OBJECTS, SYNTHETIC_CLASSES, ensure_synthetic_dataset, make_synthetic_dataset
+from fcosdet.engine.evaluation.coco import CocoEvaluator
 from fcosdet.errors import UserError
-from fcosdet.viz import draw_detections, plot_curves
 
 SMALL = {"num_train": 6, "num_val": 3, "image_size": (128, 160), "seed": 3}
 

@@ -1,12 +1,12 @@
 """Exact tests of the pure FCOS functions on hand-built cases, and against a dense oracle."""
 import torch
-
 from dense_reference import dense_assign
-from fcosdet.boxes import aligned_iou, distance2bbox
-from fcosdet.targets import (DEFAULT_REGRESS_RANGES, DEFAULT_STRIDES, anchor_points,
-                             assign_targets, assign_targets_batch, centerness_target, level_grids)
 
-S, R = DEFAULT_STRIDES, DEFAULT_REGRESS_RANGES
+from fcosdet.model.boxes import aligned_iou, distance2bbox
+from fcosdet.model.points import REGRESS_RANGES, STRIDES, anchor_points, level_grids
+from fcosdet.model.targets import assign_targets, assign_targets_batch, centerness_target
+
+S, R = STRIDES, REGRESS_RANGES
 
 
 def _points(h, w):

@@ -4,11 +4,11 @@ with the same state_dict."""
 import torch
 from torchvision.ops import FrozenBatchNorm2d
 
-from fcosdet.build import build_criterion, build_model, training_model, uses_channels_last
-from fcosdet.config import preset
-from fcosdet.data.dataset import Batch
+from fcosdet.data.loader import Batch
+from fcosdet.engine.loop import StepContext, train_step
 from fcosdet.engine.optim import build_optimizer
-from fcosdet.engine.trainer import StepContext, train_step
+from fcosdet.model.build import build_criterion, build_model, training_model, uses_channels_last
+from fcosdet.presets import preset
 
 
 def _config(norm: str = "frozen_bn"):

@@ -2,7 +2,8 @@
 
 Dimensions: B images, L levels, P points of one image over all levels (level-major, row-major
 within a level), G boxes of one image. Boxes are (x1, y1, x2, y2) pixels of the image at the
-training resize; labels in [0, C).
+evaluation transform's resize; labels in [0, C). The settings are an `FCOSCriterion`'s (what
+`model.build.build_criterion` makes for training), the points `model.points`' grid.
 
 The trick that avoids a second copy of the assignment rules: the rules never look at a box's
 class, so we pass each box's own index as its "label" (and the number of boxes as the
@@ -21,40 +22,17 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
 from fcosdet.data.records import ImageRecord
-from fcosdet.data.transforms import MIN_BOX_SIZE, keep_ratio_size
-from fcosdet.targets import anchor_points, assign_targets_batch, centerness_target, level_grids
+from fcosdet.data.transforms import MIN_BOX_SIZE, DetectionTransform, keep_ratio_size
+from fcosdet.model.criterion import FCOSCriterion
+from fcosdet.model.points import anchor_points, featmap_sizes, level_grids
+from fcosdet.model.targets import assign_targets_batch, centerness_target
 
 
-@dataclass(frozen=True, kw_only=True)
-class AssignSettings:
-    """The config fields assignment depends on (commands.py fills them from a Config)."""
-    strides: tuple[int, ...]
-    regress_ranges: tuple[tuple[float, float], ...]
-    center_sampling: bool
-    center_sample_radius: float
-    scale: tuple[int, int]  # (max long side, short side) of the resize
-    size_divisor: int = 32  # the collate pads images to a multiple of this
-
-    def without_center_sampling(self) -> AssignSettings:
-        return AssignSettings(strides=self.strides, regress_ranges=self.regress_ranges, center_sampling=False,
-                              center_sample_radius=self.center_sample_radius, scale=self.scale,
-                              size_divisor=self.size_divisor)
-
-
-def featmap_sizes(image_hw: Sequence[int], strides: Sequence[int], *, size_divisor: int = 32) -> list[tuple[int, int]]:
-    """Per level, the (H, W) of the model's feature map for an image of `image_hw` padded to a
-    multiple of `size_divisor`: ceil(padded / stride) (P6, P7 are 3x3 stride-2 convs with
-    padding 1, which round up)."""
-    hp = -(-int(image_hw[0]) // size_divisor) * size_divisor
-    wp = -(-int(image_hw[1]) // size_divisor) * size_divisor
-    return [(-(-hp // s), -(-wp // s)) for s in strides]
-
-
-def resized_boxes(record: ImageRecord, scale: Sequence[int]) -> tuple[Tensor, Tensor, tuple[int, int]]:
-    """A record's boxes as the evaluation transform resizes them, without decoding the image:
+def resized_boxes(record: ImageRecord, transform: DetectionTransform) -> tuple[Tensor, Tensor, tuple[int, int]]:
+    """A record's boxes as the evaluation `transform` resizes them, without decoding the image:
     boxes (G, 4) float32, labels (G,) and the resized (H, W). Crowd boxes and boxes thinner
     than MIN_BOX_SIZE are dropped, as the dataset and transform drop them for training."""
-    height, width = keep_ratio_size(record.height, record.width, short=int(min(scale)), max_long=int(max(scale)))
+    height, width = keep_ratio_size(record.height, record.width, short=transform.short, max_long=transform.max_long)
     boxes = torch.as_tensor(np.asarray(record.boxes, np.float32).reshape(-1, 4))  # (G, 4)
     labels = torch.as_tensor(np.asarray(record.labels, np.int64).reshape(-1))  # (G,)
     crowd = np.asarray(record.iscrowd, bool).reshape(-1)  # (G,) or (0,) when the reader gave none
@@ -103,20 +81,23 @@ class ImageAssignment:
 
 
 def assign_images(boxes: Sequence[Tensor], image_sizes: Sequence[tuple[int, int]],
-                  settings: AssignSettings) -> list[ImageAssignment]:
-    """Assign B images at once on one grid covering the largest of them (points outside an
-    image lie outside all its boxes, so the padding changes nothing, as in a training batch)."""
+                  criterion: FCOSCriterion) -> list[ImageAssignment]:
+    """Assign B images at once, with the settings and points (`criterion.point_offset`) the
+    criterion trains with, on one grid covering the largest of them (points outside an image
+    lie outside all its boxes, so the padding changes nothing, as in a training batch)."""
     height = max(h for h, _ in image_sizes)
     width = max(w for _, w in image_sizes)
-    sizes = featmap_sizes((height, width), settings.strides, size_divisor=settings.size_divisor)
-    points = anchor_points(sizes, settings.strides)  # L x (H*W, 2)
+    strides, offset = criterion.strides, criterion.point_offset
+    sizes = featmap_sizes((height, width), strides)  # L x (H, W)
+    points = anchor_points(sizes, strides, offset=offset)  # L x (H*W, 2)
     counts = [len(b) for b in boxes]
     offsets = np.cumsum([0] + counts[:-1])
     ids = [torch.arange(n, dtype=torch.long) + int(o) for n, o in zip(counts, offsets)]  # global box index
     owner, targets = assign_targets_batch(
-        points, [b.float() for b in boxes], ids, num_classes=sum(counts), strides=settings.strides,
-        regress_ranges=settings.regress_ranges, center_sampling=settings.center_sampling,
-        center_sample_radius=settings.center_sample_radius, grids=level_grids(sizes, settings.strides))  # (B, P)
+        points, [b.float() for b in boxes], ids, num_classes=sum(counts), strides=strides,
+        regress_ranges=criterion.regress_ranges, center_sampling=criterion.center_sampling,
+        center_sample_radius=criterion.center_sample_radius,
+        grids=level_grids(sizes, strides, offset=offset))  # (B, P), (B, P, 4)
     out = []
     for i, (n, o) in enumerate(zip(counts, offsets)):
         local = torch.where(owner[i] < sum(counts), owner[i] - int(o), n)  # (P,) background = n

@@ -2,8 +2,10 @@
 
 Dimensions: G boxes, L levels, C classes. Sizes: COCO's small / medium / large use the area in
 original pixels (here with exclusive bounds: small < 32², medium < 96², large the rest); the
-training-scale sizes are sqrt(w * h) of the box after the resize `data.scale` gives it. A box's
-level is the level holding most of its positive points (ties go to the finer level).
+training-scale sizes are sqrt(w * h) of the box after the evaluation transform's resize
+(`data.scale`). A box's level is the level holding most of its positive points (ties go to the
+finer level). The assignment is the training criterion's (`FCOSCriterion`: its strides, regress
+ranges, center sampling and point offset).
 """
 from __future__ import annotations
 
@@ -15,8 +17,12 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from fcosdet.analysis.assignment import AssignSettings, assign_images, resized_boxes
+from fcosdet.analysis.assignment import assign_images, resized_boxes
+from fcosdet.analysis.viz import draw_detections
+from fcosdet.data.images import load_image
 from fcosdet.data.records import ImageRecord
+from fcosdet.data.transforms import DetectionTransform
+from fcosdet.model.criterion import FCOSCriterion
 
 COCO_BOUNDS = (32 ** 2, 96 ** 2)  # area bounds of small / medium / large, original pixels
 SIZE_EDGES = (0, 8, 16, 32, 64, 128, 256, 512, float("inf"))  # sqrt(area) bins at the training scale
@@ -28,17 +34,19 @@ def level_names(strides: Sequence[int]) -> list[str]:
     return [f"P{int(np.log2(s))}" for s in strides]
 
 
-def assign_split(records: Sequence[ImageRecord], settings: AssignSettings) -> dict[str, Any]:
-    """Assignment statistics of every (non-crowd) box: per-level box counts (by majority level),
-    boxes with no positive point (as (image path, box index) pairs), positives per box, and
-    the sqrt(area) of each box at the training scale."""
-    levels = len(settings.strides)
+def assign_split(records: Sequence[ImageRecord], *, criterion: FCOSCriterion,
+                 transform: DetectionTransform) -> dict[str, Any]:
+    """Assignment statistics of every (non-crowd) box at the `transform`'s resize, assigned as
+    `criterion` assigns it: per-level box counts (by majority level), boxes with no positive
+    point (as (image path, box index) pairs), positives per box, and the sqrt(area) of each box
+    at the training scale."""
+    levels = len(criterion.strides)
     per_level = np.zeros(levels, dtype=np.int64)  # (L,) boxes per majority level
     missing, positives, sizes = [], [], []
     for start in range(0, len(records), CHUNK):
         chunk = records[start:start + CHUNK]
-        resized = [resized_boxes(r, settings.scale) for r in chunk]
-        views = assign_images([b for b, _, _ in resized], [s for _, _, s in resized], settings)
+        resized = [resized_boxes(r, transform) for r in chunk]
+        views = assign_images([b for b, _, _ in resized], [s for _, _, s in resized], criterion)
         for record, (boxes, _, _), view in zip(chunk, resized, views):
             counts = view.positives_per_box_level()  # (G, L)
             total = counts.sum(dim=1)  # (G,)
@@ -51,32 +59,35 @@ def assign_split(records: Sequence[ImageRecord], settings: AssignSettings) -> di
     return {"per_level": per_level, "missing": missing, "positives": positives, "sizes": sizes}
 
 
-def _candidates(settings: AssignSettings) -> list[tuple[str, AssignSettings]]:
+def _candidates(criterion: FCOSCriterion) -> list[tuple[str, FCOSCriterion]]:
     """Other settings worth trying when boxes get no point: every regress-range bound x2 and x4
     (small and thin boxes go to finer levels, with more points), and with center sampling a
     radius of 2.5 strides or no center sampling."""
     out = []
     for factor in (2, 4):
         ranges = tuple((lo if lo < 0 else lo * factor, hi if hi >= 1e8 else hi * factor)
-                       for lo, hi in settings.regress_ranges)
+                       for lo, hi in criterion.regress_ranges)
         text = "[" + ",".join(f"[{lo:g},{hi:g}]" for lo, hi in ranges) + "]"
-        out.append((f"model.regress_ranges={text}", replace(settings, regress_ranges=ranges)))
-    if settings.center_sampling:
-        out.append(("model.center_sample_radius=2.5", replace(settings, center_sample_radius=2.5)))
-        out.append(("model.center_sampling=false", replace(settings, center_sampling=False)))
+        out.append((f"model.regress_ranges={text}", replace(criterion, regress_ranges=ranges)))
+    if criterion.center_sampling:
+        out.append(("model.center_sample_radius=2.5", replace(criterion, center_sample_radius=2.5)))
+        out.append(("model.center_sampling=false", replace(criterion, center_sampling=False)))
     return out
 
 
-def suggest(records: Sequence[ImageRecord], settings: AssignSettings) -> list[dict[str, Any]]:
+def suggest(records: Sequence[ImageRecord], *, criterion: FCOSCriterion,
+            transform: DetectionTransform) -> list[dict[str, Any]]:
     """The boxes without a positive point under each candidate setting, best first."""
-    tried = [{"set": text, "no_positive": len(assign_split(records, s)["missing"])}
-             for text, s in _candidates(settings)]
+    tried = [{"set": text, "no_positive": len(assign_split(records, criterion=c, transform=transform)["missing"])}
+             for text, c in _candidates(criterion)]
     return sorted(tried, key=lambda t: t["no_positive"])
 
 
-def split_report(records: Sequence[ImageRecord], class_names: Sequence[str],
-                 settings: AssignSettings) -> dict[str, Any]:
-    """Everything the report says about one split, JSON-ready."""
+def split_report(records: Sequence[ImageRecord], class_names: Sequence[str], *, criterion: FCOSCriterion,
+                 transform: DetectionTransform) -> dict[str, Any]:
+    """Everything the report says about one split, JSON-ready: the training `criterion`
+    (`build_criterion(cfg.model)`) at the evaluation `transform`'s resize
+    (`build_transform(cfg, train=False)`)."""
     labels, areas = [], []
     for r in records:
         crowd = np.asarray(r.iscrowd, bool).reshape(-1)
@@ -90,9 +101,9 @@ def split_report(records: Sequence[ImageRecord], class_names: Sequence[str],
     coco = {"small": int((areas_np < COCO_BOUNDS[0]).sum()),
             "medium": int(((areas_np >= COCO_BOUNDS[0]) & (areas_np < COCO_BOUNDS[1])).sum()),
             "large": int((areas_np >= COCO_BOUNDS[1]).sum())}
-    assigned = assign_split(records, settings)
+    assigned = assign_split(records, criterion=criterion, transform=transform)
     hist, _ = np.histogram(assigned["sizes"], bins=SIZE_EDGES)
-    names = level_names(settings.strides)
+    names = level_names(criterion.strides)
     missing = len(assigned["missing"])
     report = {
         "images": len(records), "boxes": len(labels),
@@ -100,7 +111,7 @@ def split_report(records: Sequence[ImageRecord], class_names: Sequence[str],
         "per_class": {name: int(n) for name, n in zip(class_names, per_class)},
         "imbalance": float(present.max() / present.min()) if present.size else None,
         "coco_sizes": coco,
-        "train_scale": list(settings.scale),
+        "train_scale": [transform.max_long, transform.short],
         "train_scale_sizes": {_bin_name(a, b): int(n) for a, b, n in zip(SIZE_EDGES[:-1], SIZE_EDGES[1:], hist)},
         "levels": {n: int(c) for n, c in zip(names, assigned["per_level"])},
         "no_positive": missing,
@@ -109,7 +120,7 @@ def split_report(records: Sequence[ImageRecord], class_names: Sequence[str],
         "suggestions": [],
     }
     if report["boxes"] and missing > SUGGEST_SHARE * report["boxes"]:
-        report["suggestions"] = suggest(records, settings)
+        report["suggestions"] = suggest(records, criterion=criterion, transform=transform)
     return report
 
 
@@ -188,8 +199,6 @@ def write_report(reports: dict[str, dict[str, Any]], out_dir: Path) -> list[Path
 
 def draw_labels(records: Sequence[ImageRecord], class_names: Sequence[str], count: int, out_dir: Path) -> int:
     """The first `count` images with their boxes and class names drawn (original pixels)."""
-    from fcosdet.data.transforms import load_image
-    from fcosdet.viz import draw_detections
     out_dir.mkdir(parents=True, exist_ok=True)
     for r in records[:count]:
         drawn = draw_detections(load_image(r.path), boxes=r.boxes, labels=r.labels, scores=None,

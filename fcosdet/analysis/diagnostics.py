@@ -19,8 +19,11 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 from torchvision.ops import box_iou
 
+from fcosdet.analysis.viz import draw_detections
+from fcosdet.data.images import load_image
 from fcosdet.data.records import ImageRecord
 
 
@@ -137,10 +140,6 @@ def plot_pr_curves(pr_curves: dict[str, Any], out_png: Path) -> Path:
 def draw_side_by_side(record: ImageRecord, prediction: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
                       class_names: Sequence[str], score_thr: float, *, max_side: int = 480) -> Any:
     """A PIL image: ground truth on the left, detections >= score_thr on the right."""
-    from PIL import Image
-
-    from fcosdet.data.transforms import load_image
-    from fcosdet.viz import draw_detections
     image = load_image(record.path)
     boxes, scores, labels = prediction if prediction is not None else (np.zeros((0, 4)), np.zeros(0), np.zeros(0))
     left = draw_detections(image, boxes=record.boxes, labels=record.labels, scores=None, class_names=list(class_names))

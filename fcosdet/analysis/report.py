@@ -14,7 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..viz import is_number, read_log
+from fcosdet.analysis.diagnostics import write_diagnostics
+from fcosdet.analysis.viz import is_number, read_log, training_figure
 
 SAMPLES = 4  # validation images drawn ground truth | detections
 # Marks the page for the browser test: all images decoded, no script error.
@@ -42,40 +43,11 @@ def _png(fig: Any) -> bytes:
 
 
 def training_plots(rows: list[dict[str, Any]]) -> bytes | None:
-    """Loss terms and lr over iterations, AP over epochs, as one PNG (None before any log)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    train = [r for r in rows if is_number(r.get("loss")) and is_number(r.get("iter"))]
-    val = [r for r in rows if is_number(r.get("AP"))]
-    if not train and not val:
+    """Loss terms and lr over iterations, AP over epochs (`training_figure`), as one PNG (None
+    before any log)."""
+    if not any(is_number(r.get("iter")) or is_number(r.get("AP")) for r in rows):
         return None
-    fig = Figure(figsize=(15, 3.6))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 3, 1)
-    for key in sorted({k for r in train for k in r if k.startswith("loss") and is_number(r[k])}):
-        pts = [(r["iter"], r[key]) for r in train if is_number(r.get(key))]
-        ax.plot(*zip(*pts), label=key, linewidth=1.3 if key == "loss" else 0.9)
-    ax.set(xlabel="iteration", title="loss terms")
-    ax.grid(alpha=0.3)
-    if train:
-        ax.legend(fontsize=7)
-    ax = fig.add_subplot(1, 3, 2)
-    if train:
-        ax.plot([r["iter"] for r in train], [r.get("lr", float("nan")) for r in train], color="#8e44ad")
-    ax.set(xlabel="iteration", title="learning rate")
-    ax.grid(alpha=0.3)
-    ax = fig.add_subplot(1, 3, 3)
-    for key in ("AP", "AP50", "AP75"):
-        pts = [(r.get("epoch", i + 1), r[key]) for i, r in enumerate(val) if is_number(r.get(key))]
-        if pts:
-            ax.plot(*zip(*pts), marker="o", markersize=3, label=key)
-    ax.set(xlabel="epoch", title="validation AP", ylim=(0, 1))
-    ax.grid(alpha=0.3)
-    if val:
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    return _png(fig)
+    return _png(training_figure(rows, lr=True, panel_size=(5.0, 3.6)))
 
 
 def _img(data: bytes, mime: str, alt: str, width: str = "100%") -> str:
@@ -151,7 +123,6 @@ def update_run_report(run_dir: Path, *, evaluator: Any | None = None) -> Path:
     """Rewrite run_dir/report.html; with an evaluator (after `evaluate()`) first refresh
     run_dir/diagnostics (confusion matrix, PR curves, worst and sample images)."""
     if evaluator is not None:
-        from fcosdet.analysis.diagnostics import write_diagnostics
         write_diagnostics(evaluator, run_dir / "diagnostics", samples=SAMPLES)
     path = run_dir / "report.html"
     tmp = path.with_suffix(".html.tmp")

@@ -1,9 +1,11 @@
-"""Image loading and the train / eval transforms (torchvision.transforms.v2 + tv_tensors).
+"""The train / eval transforms (torchvision.transforms.v2 + tv_tensors) and pixel normalisation.
 
 Dimensions: G boxes, H0 x W0 the displayed (EXIF-rotated) image, H x W after resize.
 Conventions: boxes (x1, y1, x2, y2) float pixels; they are wrapped as tv_tensors.BoundingBoxes
 (XYXY) so resize and flip move them exactly with the pixels. Every transform's randomness comes
 from torch's global RNG, which the DataLoader seeds per worker.
+
+Input of a transform: an 8-bit RGB PIL image (`fcosdet.data.images.load_image`) and its target.
 
 Output of a transform: image (3, H, W) float32 normalised, and the target with boxes / labels
 (and `iscrowd` when given) resized, degenerate boxes dropped, plus `orig_size` (H0, W0) and
@@ -13,12 +15,11 @@ multiple of 32 happens later, in `collate`, at the bottom / right, so it never m
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
@@ -33,46 +34,6 @@ IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)  # pixel range 0..1
 IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
 NORMALIZE_MODES = ("caffe", "caffe_detectron2", "pytorch")
 MIN_BOX_SIZE = 1e-3  # boxes thinner than this (pixels, after transforms) are dropped
-_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
-_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
-
-
-def to_rgb8(image: Image.Image) -> Image.Image:
-    """Any PIL mode as 8-bit RGB.
-
-    16-bit ('I;16*') and 32-bit integer ('I') images are taken as 16-bit data and scaled by
-    255/65535; images with alpha (RGBA, LA, palette with transparency) are composited on black;
-    grayscale, palette, CMYK, ... go through PIL's own conversion.
-    """
-    if image.mode == "RGB":
-        return image
-    if image.mode in _SIXTEEN_BIT_MODES:
-        values = np.asarray(image).astype(np.float32)  # (H, W)
-        scaled = np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8)  # (H, W)
-        return Image.fromarray(scaled).convert("RGB")
-    if image.mode in _ALPHA_MODES or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        return Image.alpha_composite(black, rgba).convert("RGB")
-    return image.convert("RGB")
-
-
-def load_image(path: str | Path) -> Image.Image:
-    """Fully decode an image, apply its EXIF orientation and convert it to 8-bit RGB.
-
-    Any failure (missing, corrupt, truncated) raises UserError naming the file.
-    """
-    try:
-        with Image.open(path) as image:
-            image.load()
-            oriented = ImageOps.exif_transpose(image)
-        return to_rgb8(oriented)
-    except FileNotFoundError:
-        raise UserError(f"Image file {path} does not exist; restore it or remove it from the "
-                        "dataset.") from None
-    except Exception as exc:  # every decoder error means the same to the user
-        raise UserError(f"Image file {path} cannot be decoded ({type(exc).__name__}: {exc}); "
-                        "replace the file or remove it from the dataset.") from None
 
 
 def keep_ratio_size(height: int, width: int, *, short: int, max_long: int) -> tuple[int, int]:

@@ -1,0 +1,1 @@
+"""The training loop, its policy (Trainer), optimiser, EMA, logging, checkpoints, fine-tuning and evaluation."""

@@ -20,7 +20,8 @@ import torch
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 
-from ..errors import UserError
+from fcosdet.distributed import unwrap
+from fcosdet.errors import UserError
 
 
 def ema_decay(step: int, *, decay: float, warmup_iters: int) -> float:
@@ -60,7 +61,7 @@ class ModelEMA:
 
     def update(self, model: nn.Module) -> None:
         """Average in the model's current weights (call after each optimizer step)."""
-        self.averaged.update_parameters(model.module if hasattr(model, "module") else model)
+        self.averaged.update_parameters(unwrap(model))
 
     def load(self, weights: dict[str, Tensor], num_updates: int) -> None:
         """Restore from a checkpoint: the averaged weights and how many updates they hold."""

@@ -5,8 +5,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..distributed import is_main_process
-from ..errors import UserError
+from fcosdet.distributed import is_main_process
+from fcosdet.errors import UserError
 
 
 def truncate_log(path: Path, *, last_iteration: int) -> int:

@@ -8,8 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-
-OptimizerKind = typing.Literal["sgd", "adamw"]  # also the type of TrainConfig.optimizer
+from fcosdet.config import OptimizerKind
 
 
 def build_optimizer(model: nn.Module, *, lr: float, momentum: float = 0.9,

@@ -14,14 +14,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-import torch
 from torch import Tensor, nn
 from torchvision.models import ResNet, resnet18, resnet34, resnet50, resnet101
 from torchvision.models.resnet import BasicBlock, Bottleneck
 from torchvision.ops import FrozenBatchNorm2d
 
-from ..errors import UserError
-from ..hub import is_torchvision_name, load_torchvision_state_dict, torchvision_weights
+from fcosdet.errors import UserError
+from fcosdet.io.hub import is_torchvision_name, load_torchvision_state_dict, torchvision_weights
+from fcosdet.io.model_file import error_line, read_tensor_file, strip_module_prefix
 
 
 def resnet10(*, weights: None = None, norm_layer: Callable[[int], nn.Module]) -> ResNet:
@@ -116,11 +116,8 @@ def load_torchvision_weights(body: nn.Module, path: str | Path) -> None:
     if not path.is_file():
         raise UserError(f"backbone weights {path} do not exist; give the path of a torchvision "
                         f"ResNet state_dict (.pth) or leave model.backbone_weights empty")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
-        raise UserError(f"cannot read backbone weights {path}: {exc}; save them with "
-                        f"torch.save(model.state_dict(), path)") from None
+    state = read_tensor_file(path, unreadable=lambda exc: (f"cannot read backbone weights {path}: {error_line(exc)}; "
+                                                            f"save them with torch.save(model.state_dict(), path)"))
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     _load_resnet_state(body, state, str(path))
@@ -128,7 +125,7 @@ def load_torchvision_weights(body: nn.Module, path: str | Path) -> None:
 
 def _load_resnet_state(body: nn.Module, state: dict[str, Tensor], path: str) -> None:
     """Copy a torchvision ResNet state_dict into `body`; any missing / extra / misshapen key is an error."""
-    state = {k.removeprefix("module."): v for k, v in state.items() if not k.startswith("fc.")}
+    state = {k: v for k, v in strip_module_prefix(state).items() if not k.startswith("fc.")}
     own = body.state_dict()
     missing = sorted(k for k in own if k not in state and not k.endswith("num_batches_tracked"))
     unexpected = sorted(k for k in state if k not in own and not k.endswith("num_batches_tracked"))

@@ -1,14 +1,14 @@
 """FCOS = backbone + FPN + head. Returns raw per-level outputs; no loss, no decoding.
 
-Dimensions: B images, C classes, L = 5 levels (strides 8..128).
+Dimensions: B images, C classes, L = 5 levels (strides `points.STRIDES`, 8..128).
 """
 from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .backbone import ResNetBackbone
-from .fpn import FCOSFPN
-from .head import FCOSHead, FCOSOutputs
+from fcosdet.model.backbone import ResNetBackbone
+from fcosdet.model.fpn import FCOSFPN
+from fcosdet.model.head import FCOSHead, FCOSOutputs
 
 
 class FCOS(nn.Module):

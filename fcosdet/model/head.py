@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import DeformConv2d
 
+from fcosdet.model.points import STRIDES
+
 
 class FCOSOutputs(NamedTuple):
     """The model's raw outputs, one tensor per level (L entries each), consumed by
@@ -66,7 +68,7 @@ def _tower(in_ch: int, feat_ch: int, depth: int, *, norm: str | None, bias: bool
 
 class FCOSHead(nn.Module):
     def __init__(self, *, num_classes: int, in_channels: int = 256, feat_channels: int = 256,
-                 stacked_convs: int = 4, strides: Sequence[int] = (8, 16, 32, 64, 128),
+                 stacked_convs: int = 4, strides: Sequence[int] = STRIDES,
                  norm: str | None = "gn", conv_bias: bool | None = None,
                  norm_on_bbox: bool = False, centerness_on_reg: bool = False,
                  dcn_on_last_conv: bool = False, prior_prob: float = 0.01,

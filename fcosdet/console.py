@@ -1,14 +1,30 @@
-"""Progress of long loops (eval, predict): a tqdm bar in a terminal, a plain line every ~5 %
-otherwise (a log file or a pipe gets a few lines instead of minutes of silence)."""
+"""What the package prints: progress lines, messages and loud warnings, from rank 0 only.
+
+`progress` shows a tqdm bar in a terminal and a plain line every ~5 % otherwise (a log file or
+a pipe gets a few lines instead of minutes of silence).
+"""
 from __future__ import annotations
 
 import sys
 import time
-from typing import Iterable, Iterator, TypeVar
+from typing import Any, Iterable, Iterator, TypeVar
 
 from tqdm import tqdm
 
+from fcosdet.distributed import is_main_process
+
 T = TypeVar("T")
+
+
+def say(*args: Any) -> None:
+    if is_main_process():
+        print(*args, flush=True)
+
+
+def warn(message: str) -> None:
+    """A loud warning on stderr (rank 0): something works but is probably not what was meant."""
+    if is_main_process():
+        print(f"fcosdet: warning: {message}", file=sys.stderr, flush=True)
 
 
 def progress(items: Iterable[T], *, total: int, desc: str, enabled: bool = True,

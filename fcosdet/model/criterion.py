@@ -19,11 +19,11 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
-from .boxes import aligned_iou, distance2bbox
-from .distributed import reduce_mean
-from .model.head import FCOSOutputs
-from .targets import (DEFAULT_REGRESS_RANGES, DEFAULT_STRIDES, anchor_points, assign_targets_batch,
-                      centerness_target, level_grids)
+from fcosdet.distributed import reduce_mean
+from fcosdet.model.boxes import aligned_iou, distance2bbox
+from fcosdet.model.head import FCOSOutputs
+from fcosdet.model.points import REGRESS_RANGES, STRIDES, anchor_points, level_grids
+from fcosdet.model.targets import assign_targets_batch, centerness_target
 
 
 def _flatten_levels(per_level: Sequence[Tensor]) -> Tensor:
@@ -49,8 +49,8 @@ def _batch_targets(points: list[Tensor], gt_boxes: Sequence[Tensor], gt_labels: 
 def fcos_loss(cls_scores: Sequence[Tensor], bbox_preds: Sequence[Tensor],
               centernesses: Sequence[Tensor], gt_boxes: Sequence[Tensor],
               gt_labels: Sequence[Tensor], *, num_classes: int,
-              strides: Sequence[int] = DEFAULT_STRIDES,
-              regress_ranges: Sequence[Sequence[float]] = DEFAULT_REGRESS_RANGES,
+              strides: Sequence[int] = STRIDES,
+              regress_ranges: Sequence[Sequence[float]] = REGRESS_RANGES,
               center_sampling: bool = False, center_sample_radius: float = 1.5,
               norm_on_bbox: bool = False, bbox_loss: str = "iou",
               point_offset: str = "half_stride") -> dict[str, Tensor]:
@@ -101,8 +101,8 @@ def fcos_loss(cls_scores: Sequence[Tensor], bbox_preds: Sequence[Tensor],
 class FCOSCriterion:
     """`fcos_loss` with its settings bound: the object the training loop calls."""
     num_classes: int
-    strides: tuple[int, ...] = DEFAULT_STRIDES
-    regress_ranges: tuple[tuple[float, float], ...] = DEFAULT_REGRESS_RANGES
+    strides: tuple[int, ...] = STRIDES
+    regress_ranges: tuple[tuple[float, float], ...] = REGRESS_RANGES
     center_sampling: bool = False
     center_sample_radius: float = 1.5
     norm_on_bbox: bool = False

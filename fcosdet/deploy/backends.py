@@ -4,41 +4,23 @@ exported `.onnx`; one call signature.
 Dimensions: B images, D detections of the batch. Each backend maps a normalised, padded batch
 images (B, 3, Hp, Wp) float32 and the valid image_sizes (B, 2) int64 (h, w) to `Detections`
 (boxes (D, 4) in the resized frame, scores (D,), labels (D,), batch_index (D,)).
-
-Model files: a training checkpoint (`.pt`), an exported weights file (`.safetensors`: weights
-plus config and class names in its metadata) or an exported ONNX graph (`.onnx`).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
-
+import onnx
+import onnxruntime as ort
+import openvino as ov
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from .errors import UserError
-from .model import FCOS
-from .postprocess import Detections, FCOSPostProcessor
-
-MODEL_SUFFIXES = (".pt", ".pth", ".safetensors", ".onnx")
-META_PREFIX = "fcosdet."  # keys of the metadata that exported files carry
-
-
-class DetectorGraph(nn.Module):
-    """Network + post-processing in one module: what the PyTorch backend runs and what the
-    ONNX / TorchScript exports trace. forward(images (B, 3, Hp, Wp), image_sizes (B, 2))."""
-
-    def __init__(self, *, model: FCOS, postprocessor: FCOSPostProcessor) -> None:
-        super().__init__()
-        self.model = model
-        self.postprocessor = postprocessor
-
-    def forward(self, images: Tensor, image_sizes: Tensor) -> Detections:
-        return self.postprocessor.detect(self.model(images), image_sizes)
-
+from fcosdet.deploy.graph import DetectorGraph
+from fcosdet.errors import UserError
+from fcosdet.io.model_file import ModelFile, read_onnx_metadata
+from fcosdet.model.postprocess import Detections
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -83,7 +65,8 @@ class OnnxBackend:
         except Exception as exc:  # noqa: BLE001 - any load failure means a bad file for the user
             raise UserError(f"cannot load ONNX file {path} with {runtime} ({type(exc).__name__}: {exc}); "
                             f"export it again with `fcosdet export CHECKPOINT --format onnx`") from None
-        self.metadata = read_onnx_metadata(props, path)
+        self.metadata = read_onnx_metadata(props, path)  # decoded fcosdet.* entries: test settings, scale, ...
+        self.model_file = ModelFile.from_metadata(self.metadata, model={}, path=path)  # no weights: in the graph
         self.device = torch.device("cpu")
         baked = float(self.metadata["test"]["score_thr"])
         if score_thr is not None and score_thr < baked:
@@ -105,14 +88,11 @@ RunGraph = Callable[[dict[str, np.ndarray]], list[np.ndarray]]  # feeds -> boxes
 
 
 def _open_onnxruntime(path: Path) -> tuple[RunGraph, dict[str, str]]:
-    import onnxruntime as ort
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return (lambda feeds: session.run(None, feeds)), session.get_modelmeta().custom_metadata_map
 
 
 def _open_openvino(path: Path) -> tuple[RunGraph, dict[str, str]]:
-    import onnx
-    import openvino as ov
     # f32: on CPUs with bf16 / AMX OpenVINO would otherwise pick bf16 and the detections would move
     compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
@@ -121,51 +101,3 @@ def _open_openvino(path: Path) -> tuple[RunGraph, dict[str, str]]:
         result = compiled(feeds)
         return [result[output] for output in compiled.outputs]
     return run, props
-
-
-def read_onnx_metadata(props: dict[str, str], path: Path) -> dict[str, Any]:
-    """The fcosdet.* metadata_props of an exported ONNX file, JSON-decoded, without the prefix."""
-    meta = {k.removeprefix(META_PREFIX): json.loads(v) for k, v in props.items() if k.startswith(META_PREFIX)}
-    missing = {"class_names", "normalize", "scale", "strides", "test"} - set(meta)
-    if missing:
-        raise UserError(f"{path} is not an ONNX file exported by fcosdet (metadata {sorted(missing)} "
-                        f"missing); export it with `fcosdet export CHECKPOINT --format onnx`")
-    return meta
-
-
-def read_weights_file(path: Path) -> dict[str, Any]:
-    """An exported `.safetensors` weights file -> a state like a checkpoint's: "model" (tensors),
-    "config" and "class_names" (from the metadata). Safe: safetensors runs no code."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-    try:
-        from safetensors import safe_open
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise UserError(f"cannot read weights file {path} ({exc}); export it again with "
-                        f"`fcosdet export CHECKPOINT --format weights`") from None
-    if f"{META_PREFIX}config" not in meta or f"{META_PREFIX}class_names" not in meta:
-        raise UserError(f"{path} has no fcosdet config / class names in its metadata: not a file written "
-                        f"by `fcosdet export --format weights`")
-    state = {"model": tensors, "config": json.loads(meta[f"{META_PREFIX}config"]),
-             "class_names": json.loads(meta[f"{META_PREFIX}class_names"])}
-    if f"{META_PREFIX}category_ids" in meta:  # absent in files exported before the key existed
-        state["category_ids"] = json.loads(meta[f"{META_PREFIX}category_ids"])
-    return state
-
-
-def read_model_state(path: Path) -> dict[str, Any]:
-    """A `.pt` checkpoint or a `.safetensors` weights file -> its state ("model", "config",
-    "class_names"); a clear error for anything else."""
-    from .engine.checkpoint import load_checkpoint
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        if not path.is_file():
-            raise UserError(f"weights file {path} does not exist; check the path")
-        return read_weights_file(path)
-    if path.suffix == ".onnx":
-        raise UserError(f"{path} is an ONNX graph: it runs through Detector.from_file / fcosdet predict, "
-                        f"but holds no PyTorch weights; use the .pt or .safetensors file here")
-    return load_checkpoint(path)

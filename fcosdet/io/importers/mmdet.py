@@ -1,17 +1,16 @@
-"""Other libraries' trained FCOS -> an fcosdet checkpoint that infers the same: torchvision's
-fcos_resnet50_fpn state_dict (here) and mmdetection's FCOS checkpoints (further down).
+"""mmdetection's FCOS checkpoints -> an fcosdet checkpoint that infers the same.
 
-    fcosdet import-weights torchvision-fcos COCO_V1 --out coco_fcos.pt       # downloads (online)
-    fcosdet import-weights torchvision-fcos fcos_resnet50_fpn_coco.pth --out coco_fcos.pt
+  fcosdet import-weights mmdet-fcos fcos_r50_caffe_fpn_gn-head_1x_coco-821213aa.pth --out fcos_mmdet.pt
 
-The checkpoint carries the `torchvision_fcos_r50` preset (points at j*stride, ReLU distances x
-stride without Scale, centerness on the regression tower, sqrt(cls x ctr) > 0.2, NMS 0.6,
-100 per image) and only tensors and plain types (readable with torch.load(weights_only=True)).
-
-Labels: torchvision's classifier has 91 outputs, index = COCO category id, with 0 the
-background and 11 'N/A' ids no image uses. fcosdet keeps only the 80 real categories, in id
-order: fcosdet label k is COCO id `category_ids[k]` (stored in the checkpoint). Dropping the
-other rows changes no score of a real class (each class has its own sigmoid).
+An mmdetection 2.x checkpoint is {"state_dict": {...}, "meta": {"CLASSES": (...), "config": text, ...}}
+(3.x: meta["dataset_meta"]["classes"]). Keys: backbone.* (the ResNet, torchvision's names),
+neck.lateral_convs.{0,1,2}.conv.* (C3..C5 1x1), neck.fpn_convs.{0..4}.conv.* (P3..P5 3x3, then
+P6 / P7 on the output with a ReLU before P7), bbox_head.{cls,reg}_convs.{i}.conv.* / .gn.*,
+bbox_head.conv_{cls,reg,centerness}.*, bbox_head.scales.{i}.scale. Labels are [0, C) in CLASSES
+order, as fcosdet's. The architecture comes from the tensors; what the tensors cannot tell
+(norm_on_bbox, centerness_on_reg, the ResNet style, the normalisation, the test settings) from
+meta["config"], read with regular expressions and ast.literal_eval (never executed), or, when a
+file has no config text, from --variant (one of the two published R-50 configs).
 """
 from __future__ import annotations
 
@@ -21,135 +20,25 @@ import re
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor
 
-from .build import build_model
-from .config import Config, apply_overrides, parse_sets, preset
-from .engine.checkpoint import save_atomic
-from .errors import UserError
-from .hub import load_torchvision_state_dict
-
-PRESET = "torchvision_fcos_r50"
-_NOT_A_CLASS = ("__background__", "N/A")
-# torchvision prefix -> fcosdet prefix; the head's tower layers keep their Sequential indices
-_PREFIXES = (
-    ("backbone.body.", "backbone.body."),
-    ("backbone.fpn.", "fpn.fpn."),
-    ("head.classification_head.conv.", "head.cls_tower."),
-    ("head.classification_head.cls_logits.", "head.conv_cls."),
-    ("head.regression_head.conv.", "head.reg_tower."),
-    ("head.regression_head.bbox_reg.", "head.conv_reg."),
-    ("head.regression_head.bbox_ctrness.", "head.conv_centerness."),
-)
-
-
-def coco_categories() -> list[str]:
-    """torchvision's 91 COCO names, index = category id ('__background__' at 0, 'N/A' gaps)."""
-    from torchvision.models.detection import FCOS_ResNet50_FPN_Weights
-    return list(FCOS_ResNet50_FPN_Weights.COCO_V1.meta["categories"])
-
-
-def read_torchvision_fcos(source: str) -> dict[str, Tensor]:
-    """A state_dict file, or the name of torchvision's published weights (COCO_V1 / DEFAULT /
-    FCOS_ResNet50_FPN_Weights.COCO_V1), downloaded into torch.hub's cache when online."""
-    path = Path(source)
-    if path.is_file():
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
-            raise UserError(f"cannot read {path} ({exc}); give a torchvision fcos_resnet50_fpn "
-                            f"state_dict saved with torch.save(model.state_dict(), path)") from None
-        if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-            raise UserError(f"{path} is not a state_dict (a mapping of names to tensors); save one with "
-                            f"torch.save(model.state_dict(), path)")
-        return state
-    from torchvision.models.detection import FCOS_ResNet50_FPN_Weights
-    name = source.removeprefix("FCOS_ResNet50_FPN_Weights.")
-    if name not in FCOS_ResNet50_FPN_Weights.__members__:
-        raise UserError(f"{source} is neither a file nor one of torchvision's FCOS weights "
-                        f"({', '.join(FCOS_ResNet50_FPN_Weights.__members__)}); check the path")
-    return load_torchvision_state_dict(FCOS_ResNet50_FPN_Weights[name])
-
-
-def _rename(key: str) -> str | None:
-    for old, new in _PREFIXES:
-        if key.startswith(old):
-            return new + key[len(old):]
-    return None
-
-
-def convert_torchvision_fcos(state: dict[str, Tensor], *, class_names: list[str] | None = None,
-                             source: str = "state_dict") -> tuple[dict[str, Tensor], list[str], list[int]]:
-    """torchvision FCOS state_dict -> (fcosdet state_dict, class names, torchvision label of each
-    fcosdet label). `class_names` name torchvision's outputs 1.. (0 is its background); None:
-    COCO's 91-id list, whose background and 'N/A' rows are dropped."""
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    unknown = sorted(k for k in state if _rename(k) is None)
-    if unknown:
-        raise UserError(f"{source} is not a torchvision fcos_resnet50_fpn state_dict (unexpected "
-                        f"keys {unknown[:3]})")
-    logits = state["head.classification_head.cls_logits.weight"]  # (K, 256, 3, 3), K incl. background
-    names = coco_categories() if class_names is None else ["__background__", *class_names]
-    if len(names) != logits.size(0):
-        raise UserError(f"{source} has {logits.size(0)} class outputs (background included) but "
-                        f"{len(names)} names are known; pass --class-names with its "
-                        f"{logits.size(0) - 1} class names in label order")
-    keep = [i for i, n in enumerate(names) if n not in _NOT_A_CLASS]  # torchvision labels kept
-    out: dict[str, Tensor] = {}
-    for key, value in state.items():
-        if key.endswith("num_batches_tracked"):
-            continue  # BatchNorm's counter: FrozenBatchNorm2d has none
-        new = _rename(key)
-        out[new] = value[keep].clone() if new.startswith("head.conv_cls.") else value.clone()
-    return out, [names[i] for i in keep], keep
-
-
-def import_torchvision_fcos(source: str, out: Path, *, class_names: list[str] | None = None) -> dict[str, Any]:
-    """Convert, check that every tensor fits the preset's model (strict load), save atomically."""
-    converted, names, labels = convert_torchvision_fcos(read_torchvision_fcos(source),
-                                                        class_names=class_names, source=source)
-    cfg = preset(PRESET)
-    cfg.model.num_classes = len(names)
-    model = build_model(cfg.model)
-    try:
-        result = model.load_state_dict(converted, strict=False)
-    except RuntimeError as exc:  # a tensor of the wrong shape: not the R-50 FPN-256 architecture
-        raise UserError(f"{source} does not fit torchvision's fcos_resnet50_fpn: "
-                        f"{str(exc).splitlines()[-1].strip()}") from None
-    if result.missing_keys or result.unexpected_keys:
-        raise UserError(f"{source} does not fit torchvision's fcos_resnet50_fpn (missing "
-                        f"{result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]})")
-    ckpt = {"model": model.state_dict(), "config": cfg.to_dict(), "class_names": names,
-            "category_ids": labels, "imported_from": f"torchvision-fcos:{source}"}
-    save_atomic(ckpt, Path(out))
-    return {"out": str(out), "tensors": len(converted), "classes": len(names), "preset": PRESET}
-
-
-# ------------------------------------------------------------------------ mmdetection FCOS
-#
-#   fcosdet import-weights mmdet-fcos fcos_r50_caffe_fpn_gn-head_1x_coco-821213aa.pth --out fcos_mmdet.pt
-#
-# An mmdetection 2.x checkpoint is {"state_dict": {...}, "meta": {"CLASSES": (...), "config": text, ...}}
-# (3.x: meta["dataset_meta"]["classes"]). Keys: backbone.* (the ResNet, torchvision's names),
-# neck.lateral_convs.{0,1,2}.conv.* (C3..C5 1x1), neck.fpn_convs.{0..4}.conv.* (P3..P5 3x3, then
-# P6 / P7 on the output with a ReLU before P7), bbox_head.{cls,reg}_convs.{i}.conv.* / .gn.*,
-# bbox_head.conv_{cls,reg,centerness}.*, bbox_head.scales.{i}.scale. Labels are [0, C) in CLASSES
-# order, as fcosdet's. The architecture comes from the tensors; what the tensors cannot tell
-# (norm_on_bbox, centerness_on_reg, the ResNet style, the normalisation, the test settings) from
-# meta["config"], read with regular expressions and ast.literal_eval (never executed), or, when a
-# file has no config text, from --variant (one of the two published R-50 configs).
+from fcosdet.config import Config, apply_overrides, parse_sets
+from fcosdet.data.transforms import CAFFE_MEANS_BGR, IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
+from fcosdet.errors import UserError
+from fcosdet.io.importers.torchvision import NOT_A_CLASS, coco_categories
+from fcosdet.io.model_file import ModelFile, read_tensor_file, strip_module_prefix
+from fcosdet.model.build import build_model
+from fcosdet.presets import preset
 
 MMDET_VARIANTS = {  # --variant -> (fcosdet preset, data.normalize): mmdet's published caffe R-50 configs
     "fcos_r50_1x": ("fcos_r50_1x", "caffe"),  # fcos_r50_caffe_fpn_gn-head_1x_coco (36.6 AP)
     # fcos_center-normbbox-centeronreg-giou_r50_caffe_fpn_gn-head_1x_coco (38.7 AP)
     "fcos_r50_tricks_1x": ("fcos_r50_tricks_1x", "caffe_detectron2"),
 }
-# mmdet's img_norm_cfg (mean, std, to_rgb) -> data.normalize
+# data.normalize -> mmdet's img_norm_cfg (mean, std, to_rgb): mmdet's mean / std are in pixels 0..255
 _MMDET_NORMS = {
-    "caffe": ((102.9801, 115.9465, 122.7717), (1.0, 1.0, 1.0), False),
-    "caffe_detectron2": ((103.530, 116.280, 123.675), (1.0, 1.0, 1.0), False),
-    "pytorch": ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375), True),
+    **{mode: (tuple(mean), (1.0, 1.0, 1.0), False) for mode, mean in CAFFE_MEANS_BGR.items()},
+    "pytorch": (tuple(255 * m for m in IMAGENET_MEAN_RGB), tuple(255 * s for s in IMAGENET_STD_RGB), True),
 }
 _FPN_OUTPUTS = ("layer_blocks.0.0", "layer_blocks.1.0", "layer_blocks.2.0", "extra_blocks.p6", "extra_blocks.p7")
 # mmdet before 2.0 named the predictors fcos_cls / fcos_reg / fcos_centerness (2.x renames them on load)
@@ -170,24 +59,23 @@ def read_mmdet_checkpoint(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]
     only: a file holding other Python objects is refused, never loaded another way."""
     if not path.is_file():
         raise UserError(f"mmdetection checkpoint {path} does not exist; check the path")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))  # shown, never branched on
-        what = f" ({found.group(1)})" if found else ""
-        raise UserError(f"refusing {path}: it holds Python objects{what} besides tensors and plain values, "
-                        f"which could run code when loaded (fcosdet reads checkpoints with "
-                        f"weights_only=True only); in an environment you trust, re-save its 'state_dict' "
-                        f"and 'meta' with CLASSES and config as plain tuples / text") from None
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
-        raise UserError(f"cannot read {path} ({type(exc).__name__}); give an mmdetection FCOS "
-                        f"checkpoint (.pth)") from None
+    ckpt = read_tensor_file(path, refused=lambda exc: _refusal(path, exc), unreadable=lambda exc: (
+        f"cannot read {path} ({type(exc).__name__}); give an mmdetection FCOS checkpoint (.pth)"))
     state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise UserError(f"{path} is not an mmdetection checkpoint (no 'state_dict' of tensors); give the "
                         f".pth file mmdetection's model zoo publishes")
     meta = ckpt.get("meta")
     return state, meta if isinstance(meta, dict) else {}
+
+
+def _refusal(path: Path, exc: pickle.UnpicklingError) -> str:
+    """The error for a checkpoint holding Python objects, naming the first one torch refused."""
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))  # shown, never branched on
+    what = f" ({found.group(1)})" if found else ""
+    return (f"refusing {path}: it holds Python objects{what} besides tensors and plain values, which could "
+            f"run code when loaded (fcosdet reads checkpoints with weights_only=True only); in an environment "
+            f"you trust, re-save its 'state_dict' and 'meta' with CLASSES and config as plain tuples / text")
 
 
 def _blocks(state: dict[str, Tensor], prefix: str) -> int:
@@ -242,7 +130,7 @@ def _mmdet_rename(key: str, *, gn: bool) -> str | None:
 def convert_mmdet_fcos(state: dict[str, Tensor], *,
                        source: str) -> tuple[dict[str, Tensor], dict[str, str], dict[str, Any]]:
     """mmdet FCOS state_dict -> (fcosdet state_dict, fcosdet key -> mmdet key, model.* settings)."""
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+    state = strip_module_prefix(state)
     for old, new in _OLD_PREDICTORS:
         state = {new + k[len(old):] if k.startswith(old) else k: v for k, v in state.items()}
     arch = _mmdet_architecture(state, source)
@@ -389,7 +277,7 @@ def _mmdet_class_names(meta: dict[str, Any], given: list[str] | None, num_classe
 def _coco_ids(names: list[str]) -> list[int] | None:
     """COCO's category id of each label when `names` are COCO's 80 classes in id order, else None."""
     coco = coco_categories()
-    ids = [i for i, n in enumerate(coco) if n not in _NOT_A_CLASS]
+    ids = [i for i, n in enumerate(coco) if n not in NOT_A_CLASS]
     return ids if names == [coco[i] for i in ids] else None
 
 
@@ -419,12 +307,9 @@ def import_mmdet_fcos(source: str | Path, out: Path, *, variant: str | None = No
     model = build_model(cfg.model)
     _check_fit(model.state_dict(), converted, origin, str(path))
     model.load_state_dict(converted)
-    ckpt = {"model": model.state_dict(), "config": cfg.to_dict(), "class_names": names,
-            "imported_from": f"mmdet-fcos:{path}"}
-    ids = _coco_ids(names)
-    if ids is not None:
-        ckpt["category_ids"] = ids
-    save_atomic(ckpt, Path(out))
+    ids = _coco_ids(names)  # None: not COCO's classes; the file then has no category_ids (predict warns)
+    ModelFile(model=model.state_dict(), config=cfg.to_dict(), class_names=names, category_ids=ids,
+              category_ids_saved=ids is not None, imported_from=f"mmdet-fcos:{path}").save(Path(out))
     m = cfg.model
     return {"out": str(out), "tensors": len(converted), "classes": len(names), "settings_from": settings_from,
             "summary": f"{m.backbone_style}-style ResNet-{m.depth}, data.normalize={cfg.data.normalize}, "

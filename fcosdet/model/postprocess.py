@@ -19,9 +19,9 @@ import torch
 from torch import Tensor
 from torchvision.ops import nms
 
-from .boxes import distance2bbox
-from .model.head import FCOSOutputs
-from .targets import point_offset
+from fcosdet.model.boxes import distance2bbox
+from fcosdet.model.head import FCOSOutputs
+from fcosdet.model.points import STRIDES, anchor_points
 
 
 class Detections(NamedTuple):
@@ -36,7 +36,7 @@ class Detections(NamedTuple):
 
 @dataclass(frozen=True, kw_only=True)
 class FCOSPostProcessor:
-    strides: tuple[int, ...] = (8, 16, 32, 64, 128)
+    strides: tuple[int, ...] = STRIDES
     norm_on_bbox: bool = False  # distances come in strides: multiply by the level's stride
     nms_pre: int = 1000
     score_thr: float = 0.05
@@ -67,8 +67,9 @@ class FCOSPostProcessor:
         """Per level: scores, the nms_pre best points, decoding clipped to each image ->
         boxes (B, N, 4), scores (B, N, C), N = sum over levels of K = min(nms_pre, H*W)."""
         cls_scores, bbox_preds, centernesses = outputs
-        points = [_level_points(x, s, self.point_offset, padded=(cls_scores[0], self.strides[0]))
-                  for x, s in zip(cls_scores, self.strides)]
+        # L x (H*W, 2), built from the tensors' own sizes (symbolic under torch.export)
+        points = anchor_points([x.shape[-2:] for x in cls_scores], self.strides,
+                               device=cls_scores[0].device, offset=self.point_offset)
         upper = image_sizes.flip(-1).repeat(1, 2).float()[:, None, :]  # (B, 1, 4) = (w, h, w, h)
         boxes, scores = [], []
         for cls, bbox, ctr, pts, stride in zip(cls_scores, bbox_preds, centernesses, points,
@@ -123,26 +124,6 @@ def split_per_image(dets: Detections, image_sizes: Sequence[Sequence[int]],
             boxes = _rescale(boxes, size, orig_sizes[b])
         results.append({"boxes": boxes, "scores": dets.scores[mine], "labels": dets.labels[mine]})
     return results
-
-
-def _level_points(feature: Tensor, stride: int, offset: str, *,
-                  padded: tuple[Tensor, int] | None = None) -> Tensor:
-    """The points of `targets.anchor_points` for a (B, C, H, W) level, (H*W, 2) (x, y) row-major,
-    built from the tensor's own sizes (no int() of them: torch.export keeps H and W symbolic).
-    `padded`: the first level and its stride, whose product is the padded input size that
-    offset "torchvision" divides by the level's size to space the points (as torchvision does)."""
-    start = point_offset(stride, offset)
-    step_y = step_x = stride
-    if offset == "torchvision":
-        if padded is None:
-            raise ValueError("offset 'torchvision' needs the first level (padded=(feature, stride))")
-        first, first_stride = padded
-        step_y = first.shape[-2] * first_stride // feature.shape[-2]
-        step_x = first.shape[-1] * first_stride // feature.shape[-1]
-    ys = torch.arange(feature.shape[-2], device=feature.device).float() * step_y + start  # (H,)
-    xs = torch.arange(feature.shape[-1], device=feature.device).float() * step_x + start  # (W,)
-    yy, xx = torch.meshgrid(ys, xs, indexing="ij")  # (H, W) each
-    return torch.stack((xx.reshape(-1), yy.reshape(-1)), dim=-1)  # (H*W, 2)
 
 
 def _rescale(boxes: Tensor, image_size: Sequence[int], orig_size: Sequence[int]) -> Tensor:

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from torchvision.ops import box_convert
 
 from fcosdet.data.records import ImageRecord
 from fcosdet.distributed import world_size
@@ -41,10 +42,18 @@ SIZE_RANGES = {"APs": ("small", 0.0, 32.0 ** 2), "APm": ("medium", 32.0 ** 2, 96
 Prediction = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
-def _to_numpy(value: Any, dtype: type) -> np.ndarray:
+def to_numpy(value: Any, dtype: type) -> np.ndarray:
+    """A tensor (any device, with or without grad), array or list as a numpy array of `dtype`."""
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu().numpy()
     return np.asarray(value, dtype=dtype)
+
+
+def coco_boxes(boxes: Any) -> list[list[float]]:
+    """(N, 4) x1y1x2y2 boxes (tensor, array or list) -> N COCO [x, y, w, h] lists of floats, in
+    float64: the conversion at the file boundary (annotations, results files)."""
+    xyxy = torch.from_numpy(to_numpy(boxes, np.float64).reshape(-1, 4))  # (N, 4)
+    return box_convert(xyxy, "xyxy", "xywh").tolist()  # N x [x, y, w, h]
 
 
 def _quiet() -> contextlib.AbstractContextManager:
@@ -60,17 +69,16 @@ def _build_coco_gt(records: list[ImageRecord], class_names: list[str]):
     for rec in records:
         images.append({"id": int(rec.image_id), "width": int(rec.width),
                        "height": int(rec.height), "file_name": str(rec.path)})
-        boxes = np.asarray(rec.boxes, dtype=np.float64).reshape(-1, 4)  # (G, 4) x1y1x2y2
+        xywh = coco_boxes(rec.boxes)  # (G, 4) x, y, w, h
         labels = np.asarray(rec.labels, dtype=np.int64).reshape(-1)  # (G,)
         crowd = np.asarray(rec.iscrowd, dtype=bool).reshape(-1)  # (G,)
         if crowd.size == 0 and labels.size > 0:
             crowd = np.zeros(labels.shape, dtype=bool)
-        for (x1, y1, x2, y2), label, is_crowd in zip(boxes, labels, crowd):
-            w, h = float(x2 - x1), float(y2 - y1)
+        for (x, y, w, h), label, is_crowd in zip(xywh, labels, crowd):
             # COCOeval marks unmatched detections with gt id 0, so annotation ids start at 1.
             annotations.append({
                 "id": len(annotations) + 1, "image_id": int(rec.image_id),
-                "category_id": int(label) + 1, "bbox": [float(x1), float(y1), w, h],
+                "category_id": int(label) + 1, "bbox": [x, y, w, h],
                 "area": w * h, "iscrowd": int(bool(is_crowd)),
             })
     categories = [{"id": k + 1, "name": name} for k, name in enumerate(class_names)]
@@ -118,9 +126,9 @@ class CocoEvaluator:
             image_id = int(det["image_id"])
             if image_id not in self._image_ids:
                 raise ValueError(f"image_id {image_id} is not one of the evaluator's records")
-            boxes = _to_numpy(det["boxes"], np.float64).reshape(-1, 4)  # (N, 4)
-            scores = _to_numpy(det["scores"], np.float64).reshape(-1)  # (N,)
-            labels = _to_numpy(det["labels"], np.int64).reshape(-1)  # (N,)
+            boxes = to_numpy(det["boxes"], np.float64).reshape(-1, 4)  # (N, 4)
+            scores = to_numpy(det["scores"], np.float64).reshape(-1)  # (N,)
+            labels = to_numpy(det["labels"], np.int64).reshape(-1)  # (N,)
             if not (len(boxes) == len(scores) == len(labels)):
                 raise ValueError(f"image_id {image_id}: boxes, scores and labels differ in length")
             if labels.size and (labels.min() < 0 or labels.max() >= self.num_classes):
@@ -140,11 +148,11 @@ class CocoEvaluator:
         results = []
         for image_id in sorted(self._predictions):
             boxes, scores, labels = self._predictions[image_id]
-            for (x1, y1, x2, y2), score, label in zip(boxes, scores, labels):
+            for xywh, score, label in zip(coco_boxes(boxes), scores, labels):
                 results.append({
                     "image_id": image_id,
                     "category_id": int(label) + 1 if category_ids is None else category_ids[int(label)],
-                    "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)],
+                    "bbox": xywh,
                     "score": float(score),
                 })
         return results

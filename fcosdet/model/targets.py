@@ -1,4 +1,4 @@
-"""FCOS points and target assignment: pure functions, no model, no gradients.
+"""FCOS target assignment: pure functions, no model, no gradients (the points: `points.py`).
 
 Dimensions: B images, L levels, P points of all levels concatenated (of one image), G
 ground-truth boxes (of all images in a batch), K candidate (point, box) pairs. Boxes are
@@ -19,54 +19,9 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-DEFAULT_STRIDES: tuple[int, ...] = (8, 16, 32, 64, 128)
-DEFAULT_REGRESS_RANGES: tuple[tuple[float, float], ...] = (
-    (-1, 64), (64, 128), (128, 256), (256, 512), (512, 1e8))
+from fcosdet.model.points import REGRESS_RANGES, STRIDES
+
 INF = 1e8  # the reference's "no box" area
-
-
-POINT_OFFSETS = ("half_stride", "zero", "torchvision")
-
-
-def point_offset(stride: int, offset: str = "half_stride") -> int:
-    """Where the first point of a level lies: s//2 (the reference) or 0 (torchvision's FCOS)."""
-    if offset not in POINT_OFFSETS:
-        raise ValueError(f"point offset must be one of {POINT_OFFSETS}, got {offset!r}")
-    return stride // 2 if offset == "half_stride" else 0
-
-
-def anchor_points(featmap_sizes: Sequence[Sequence[int]], strides: Sequence[int], *,
-                  dtype: torch.dtype = torch.float32,
-                  device: torch.device | str | None = None,
-                  offset: str = "half_stride") -> list[Tensor]:
-    """Per level, the (H*W, 2) point coordinates (x, y) = (j*s + o, i*s + o), row-major, with
-    o = s//2 (offset "half_stride", the reference) or 0 ("zero", torchvision's FCOS).
-
-    "torchvision" reproduces torchvision's AnchorGenerator exactly: o = 0 and the spacing is
-    (padded input size) // (level size) per axis, which differs from the stride on levels whose
-    size was rounded up (a 320-row input: P7 has 3 rows, spaced 320 // 3 = 106). The padded
-    input size is the first level's size times its stride. Inference only: the assignment
-    needs points spaced by the stride."""
-    points = []
-    pad_h, pad_w = (int(featmap_sizes[0][0]) * strides[0], int(featmap_sizes[0][1]) * strides[0]) \
-        if featmap_sizes else (0, 0)
-    for (h, w), stride in zip(featmap_sizes, strides):
-        o = point_offset(stride, offset)
-        sy, sx = (pad_h // int(h), pad_w // int(w)) if offset == "torchvision" else (stride, stride)
-        ys = torch.arange(int(h), dtype=dtype, device=device) * sy + o  # (H,)
-        xs = torch.arange(int(w), dtype=dtype, device=device) * sx + o  # (W,)
-        yy, xx = torch.meshgrid(ys, xs, indexing="ij")  # (H, W) each
-        points.append(torch.stack((xx.reshape(-1), yy.reshape(-1)), dim=-1))  # (H*W, 2)
-    return points
-
-
-def level_grids(featmap_sizes: Sequence[Sequence[int]], strides: Sequence[int], *,
-                offset: str = "half_stride") -> list[tuple[int, int, float, float]]:
-    """Per level, (H, W, x0, y0) of the points `anchor_points` makes: x0 = y0 = its offset."""
-    if offset == "torchvision":
-        raise ValueError("assignment needs points spaced by the stride; offset 'torchvision' is for inference")
-    return [(int(h), int(w), float(point_offset(s, offset)), float(point_offset(s, offset)))
-            for (h, w), s in zip(featmap_sizes, strides)]
 
 
 def centerness_target(bbox_targets: Tensor) -> Tensor:
@@ -99,13 +54,13 @@ def _inside_center_region(points: Tensor, boxes: Tensor, radius: Tensor) -> Tens
 @torch.no_grad()
 def assign_targets(points: Sequence[Tensor], gt_boxes: Tensor, gt_labels: Tensor, *,
                    num_classes: int,
-                   strides: Sequence[int] = DEFAULT_STRIDES,
-                   regress_ranges: Sequence[Sequence[float]] = DEFAULT_REGRESS_RANGES,
+                   strides: Sequence[int] = STRIDES,
+                   regress_ranges: Sequence[Sequence[float]] = REGRESS_RANGES,
                    center_sampling: bool = False,
                    center_sample_radius: float = 1.5) -> tuple[Tensor, Tensor]:
     """FCOS targets for ONE image.
 
-    points: per-level (H*W, 2) tensors from `anchor_points`; gt_boxes (G, 4); gt_labels (G,).
+    points: per-level (H*W, 2) tensors from `points.anchor_points`; gt_boxes (G, 4); gt_labels (G,).
     Returns labels (P,) with background = num_classes, and bbox_targets (P, 4) as (l, t, r, b)
     pixel distances to the assigned box (for background points: to box 0, as the reference).
     """
@@ -119,8 +74,8 @@ def assign_targets(points: Sequence[Tensor], gt_boxes: Tensor, gt_labels: Tensor
 @torch.no_grad()
 def assign_targets_batch(points: Sequence[Tensor], gt_boxes: Sequence[Tensor], gt_labels: Sequence[Tensor], *,
                          num_classes: int,
-                         strides: Sequence[int] = DEFAULT_STRIDES,
-                         regress_ranges: Sequence[Sequence[float]] = DEFAULT_REGRESS_RANGES,
+                         strides: Sequence[int] = STRIDES,
+                         regress_ranges: Sequence[Sequence[float]] = REGRESS_RANGES,
                          center_sampling: bool = False,
                          center_sample_radius: float = 1.5,
                          grids: Sequence[tuple[int, int, float, float]] | None = None) -> tuple[Tensor, Tensor]:

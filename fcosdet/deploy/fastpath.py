@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 from torchvision.ops import FrozenBatchNorm2d
 
-from .model import FCOS
+from fcosdet.model import FCOS
 
 _BATCH_NORMS = (nn.BatchNorm2d, FrozenBatchNorm2d)
 

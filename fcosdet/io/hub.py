@@ -16,7 +16,8 @@ import torch
 from torch import Tensor
 from torchvision.models import get_weight
 
-from .errors import UserError
+from fcosdet.errors import UserError
+from fcosdet.io.model_file import error_line, read_tensor_file
 
 PREFIX = "torchvision:"
 
@@ -57,8 +58,6 @@ def load_torchvision_state_dict(weights: Any) -> dict[str, Tensor]:
                             f"(torch.hub.get_dir(), set by $TORCH_HOME)") from None
         except RuntimeError as exc:  # the hash check failed: a corrupt download (already removed)
             raise UserError(f"the download of {weights.url} is corrupt ({exc}); try again") from None
-    try:
-        return torch.load(target, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - a truncated or corrupt file in the cache
-        raise UserError(f"cannot read {target} for {weights} ({exc}); delete it and download it "
-                        f"again from {weights.url}") from None
+    # a truncated or corrupt file in the cache
+    return read_tensor_file(target, unreadable=lambda exc: (f"cannot read {target} for {weights} ({error_line(exc)}); "
+                                                             f"delete it and download it again from {weights.url}"))

@@ -16,10 +16,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, get_worker_info
+from torch.utils.data import (
+    DataLoader,
+    Dataset,
+    DistributedSampler,
+    Sampler,
+    get_worker_info,
+)
 
+from fcosdet.data.images import load_image
 from fcosdet.data.records import DatasetSplit
-from fcosdet.data.transforms import load_image
 from fcosdet.errors import UserError
 
 Transform = Callable[[Any, dict[str, Any]], tuple[torch.Tensor, dict[str, Any]]]

@@ -21,13 +21,14 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import onnx
 import torch
 
-from . import __version__
-from .build import InferenceParts
-from .data.transforms import CAFFE_MEANS_BGR, IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
-from .errors import UserError
-from .runtime import META_PREFIX, DetectorGraph
+from fcosdet.data.transforms import CAFFE_MEANS_BGR, IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
+from fcosdet.deploy.build import InferenceParts
+from fcosdet.deploy.graph import DetectorGraph
+from fcosdet.errors import UserError
+from fcosdet.io.model_file import encode_metadata
 
 FORMATS = ("onnx", "torchscript", "weights")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt2", "weights": ".safetensors"}
@@ -45,10 +46,12 @@ def normalisation_metadata(mode: str) -> dict[str, Any]:
 
 
 def export_metadata(parts: InferenceParts) -> dict[str, Any]:
+    """What a graph file tells its users, before `encode_metadata`: how to feed the graph (normalisation,
+    resize, padding, inputs / outputs), its baked test settings, and the model file's own metadata
+    (config, class names, category ids, version)."""
     cfg = parts.config
     long_side, short_side = max(cfg.data.scale), min(cfg.data.scale)
-    return {"class_names": parts.class_names, "category_ids": parts.category_ids,
-            "normalize": normalisation_metadata(cfg.data.normalize),
+    return {"normalize": normalisation_metadata(cfg.data.normalize),
             "scale": [long_side, short_side],
             "resize": f"keep the aspect ratio: factor = min({short_side} / short side, {long_side} / long side), "
                       f"new size = int(size * factor + 0.5), bilinear with antialias",
@@ -58,7 +61,7 @@ def export_metadata(parts: InferenceParts) -> dict[str, Any]:
             "inputs": "images (B, 3, H, W) float32 normalised, zero-padded to multiples of size_divisor; "
                       "image_sizes (B, 2) int64 valid (h, w)",
             "outputs": "boxes (D, 4) x1y1x2y2 in the resized frame, scores (D,), labels (D,), batch_index (D,)",
-            "version": __version__, "config": parts.config.to_dict()}
+            **parts.model_file().metadata()}
 
 
 def check_out(out: Path, fmt: str, *, overwrite: bool) -> None:
@@ -72,15 +75,7 @@ def check_out(out: Path, fmt: str, *, overwrite: bool) -> None:
 
 def export_weights(parts: InferenceParts, out: Path) -> Path:
     """Weights only (no optimiser state), config and class names in the metadata."""
-    from safetensors.torch import save_file
-    tensors = {k: v.detach().cpu().contiguous() for k, v in parts.model.state_dict().items()}
-    meta = {f"{META_PREFIX}config": json.dumps(parts.config.to_dict()),
-            f"{META_PREFIX}class_names": json.dumps(parts.class_names),
-            f"{META_PREFIX}category_ids": json.dumps(parts.category_ids),
-            f"{META_PREFIX}version": json.dumps(__version__)}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(out), metadata=meta)
-    return out
+    return parts.model_file().save(out)
 
 
 class _PlainOutputs(torch.nn.Module):
@@ -115,7 +110,6 @@ def export_program(parts: InferenceParts) -> torch.export.ExportedProgram:
 def export_onnx(parts: InferenceParts, out: Path, *,
                 program: torch.export.ExportedProgram | None = None) -> Path:
     """The ONNX graph (torch.onnx's dynamo exporter over `export_program`) with the metadata."""
-    import onnx
     program = export_program(parts) if program is None else program
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -123,9 +117,9 @@ def export_onnx(parts: InferenceParts, out: Path, *,
                                          input_names=["images", "image_sizes"],
                                          output_names=["boxes", "scores", "labels", "batch_index"])
     model = onnx_program.model_proto
-    for key, value in export_metadata(parts).items():
+    for key, value in encode_metadata(export_metadata(parts)).items():
         entry = model.metadata_props.add()
-        entry.key, entry.value = f"{META_PREFIX}{key}", json.dumps(value)
+        entry.key, entry.value = key, value
     out.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(out))
     return out

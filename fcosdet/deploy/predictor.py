@@ -19,17 +19,20 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .build import build_inference, category_ids_of, config_from_state
-from .config import Config, apply_overrides, flatten_dict
-from .data.dataset import pad_images
-from .data.transforms import DetectionTransform, build_transforms, load_image, to_rgb8
-from .errors import UserError
-from .fastpath import fast_inference_model
-from .postprocess import Detections, split_per_image
-from .runtime import DetectorGraph, OnnxBackend, TorchBackend, read_model_state
+from fcosdet.config import Config
+from fcosdet.data.build import build_transform
+from fcosdet.data.images import load_image, to_rgb8
+from fcosdet.data.loader import pad_images
+from fcosdet.data.transforms import DetectionTransform
+from fcosdet.deploy.backends import OnnxBackend, TorchBackend
+from fcosdet.deploy.build import build_inference, config_of
+from fcosdet.deploy.fastpath import fast_inference_model
+from fcosdet.deploy.graph import DetectorGraph
+from fcosdet.errors import UserError
+from fcosdet.io.model_file import ModelFile
+from fcosdet.model.postprocess import Detections, split_per_image
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray, torch.Tensor]
-config_from_checkpoint = config_from_state  # the name earlier releases used
 
 
 def _differs(a: Any, b: Any) -> bool:
@@ -101,15 +104,13 @@ class Detector:
         if path.suffix == ".onnx":
             return cls._from_onnx(path, device=device, overrides=overrides, precision=precision,
                                   runtime=onnx_runtime)
-        parts = build_inference(read_model_state(path), overrides=overrides)
+        parts = build_inference(ModelFile.load(path), overrides=overrides)
         model = fast_inference_model(parts.model, channels_last=True) if fast else parts.model
         graph = DetectorGraph(model=model, postprocessor=parts.postprocessor)
         backend = TorchBackend(graph=graph, device=device, channels_last=fast, precision=precision)
         return cls(backend=backend, transform=parts.transform, class_names=parts.class_names,
                    config=parts.config, category_ids=parts.category_ids,
                    category_ids_saved=parts.category_ids_saved)
-
-    from_checkpoint = from_file
 
     @classmethod
     def _from_onnx(cls, path: Path, *, device: str, overrides: dict[str, Any], precision: str,
@@ -121,18 +122,16 @@ class Detector:
                             f".safetensors file for --device {device} / --precision {precision}")
         score_thr = overrides.pop("test.score_thr", None)
         backend = OnnxBackend(path, score_thr=score_thr, runtime=runtime)
-        meta = backend.metadata
-        cfg = Config()
-        apply_overrides(cfg, flatten_dict(meta["config"]))
+        model_file = backend.model_file
+        cfg = config_of(model_file)
         cfg.test.score_thr = backend.score_thr
         for key, value in overrides.items():
             baked = getattr(cfg.test, key.removeprefix("test."), None)
             if not key.startswith("test.") or baked is None or _differs(baked, value):
                 raise UserError(f"{path} was exported with {key}={baked}, not {value}: test settings are "
                                 f"part of the graph; export again with --set {key}={value}")
-        transform = build_transforms(train=False, scale=meta["scale"], normalize=meta["normalize"]["mode"])
-        return cls(backend=backend, transform=transform, class_names=meta["class_names"], config=cfg,
-                   category_ids=category_ids_of(meta), category_ids_saved="category_ids" in meta)
+        return cls(backend=backend, transform=build_transform(cfg, train=False), class_names=model_file.class_names, config=cfg,
+                   category_ids=model_file.category_ids, category_ids_saved=model_file.category_ids_saved)
 
     def detect(self, images: torch.Tensor, image_sizes: Sequence[Sequence[int]],
                orig_sizes: Sequence[Sequence[int]]) -> list[dict[str, torch.Tensor]]:

@@ -1,7 +1,7 @@
 """Start training from weights someone trained: `--set model.init_from=PATH`.
 
-PATH is any fcosdet checkpoint (a run's best.pt / last.pt, or a file written by
-`fcosdet import-weights`). Every tensor whose name and shape match is copied: backbone, FPN,
+PATH is any fcosdet model file with weights (a run's best.pt / last.pt, a file written by
+`fcosdet import-weights`, or an exported .safetensors). Every tensor whose name and shape match is copied: backbone, FPN,
 towers, regression and centerness convs. The classification conv (C rows, one per class) is
 matched by class name: rows of classes the source also has are copied, the others keep their
 fresh initialisation (normal(0, 0.01) weights, bias for a prior of 0.01). Any other tensor
@@ -14,14 +14,15 @@ normalisation torchvision's named backbone weights expect; a change is printed, 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
 
-from .config import Config
-from .errors import UserError
-from .hub import is_torchvision_name, torchvision_weights
+from fcosdet.config import Config
+from fcosdet.data.transforms import IMAGENET_MEAN_RGB
+from fcosdet.errors import UserError
+from fcosdet.io.hub import is_torchvision_name, torchvision_weights
+from fcosdet.io.model_file import ModelFile
 
 CLS_KEYS = ("head.conv_cls.weight", "head.conv_cls.bias")  # (C, F, 3, 3), (C,)
 # settings that change what the weights compute: differing ones are reported
@@ -51,24 +52,21 @@ class InitReport:
                 f"{len(self.classes_new)} ({', '.join(self.classes_new[:8]) or 'none'})"]
 
 
-def read_source(path: str) -> dict[str, Any]:
+def read_source(path: str) -> ModelFile:
     """The checkpoint (.pt, read with weights_only=True) or exported .safetensors file init_from
-    names; it must carry class names and its config."""
-    from .runtime import read_model_state
-    state = read_model_state(Path(path))
-    if "class_names" not in state or "config" not in state:
-        raise UserError(f"model.init_from={path} has no class names / config: give an fcosdet checkpoint "
-                        f"or a file written by `fcosdet import-weights`")
-    return state
+    names (ModelFile.load: it carries class names and its config)."""
+    source = ModelFile.load(path)
+    source.require_weights()
+    return source
 
 
-def pretrained_normalize(cfg: Config, source: dict[str, Any] | None) -> tuple[str, str] | None:
+def pretrained_normalize(cfg: Config, source: ModelFile | None) -> tuple[str, str] | None:
     """(normalisation the start weights expect, why), or None when nothing says."""
     if source is not None:
-        return source["config"]["data"]["normalize"], f"model.init_from={cfg.model.init_from}"
+        return source.config["data"]["normalize"], f"model.init_from={cfg.model.init_from}"
     if is_torchvision_name(cfg.model.backbone_weights):
         mean = list(torchvision_weights(cfg.model.backbone_weights).transforms().mean)
-        if [round(v, 3) for v in mean] != [0.485, 0.456, 0.406]:
+        if [round(v, 3) for v in mean] != list(IMAGENET_MEAN_RGB):
             raise UserError(f"{cfg.model.backbone_weights} expects inputs normalised with mean {mean}, "
                             f"which fcosdet does not offer; use ImageNet-normalised ResNet weights")
         return "pytorch", f"model.backbone_weights={cfg.model.backbone_weights}"
@@ -96,11 +94,11 @@ def _copy_class_rows(own: dict[str, Tensor], src: dict[str, Tensor], own_names: 
     return out
 
 
-def init_from_checkpoint(model: nn.Module, source: dict[str, Any], *, class_names: list[str],
+def init_from_checkpoint(model: nn.Module, source: ModelFile, *, class_names: list[str],
                          path: str, model_config: dict[str, Any] | None = None) -> InitReport:
     """Copy the source's matching tensors into `model` (in place) and report what happened."""
     report = InitReport(source=path)
-    own, src = model.state_dict(), source["model"]
+    own, src = model.state_dict(), source.model
     update: dict[str, Tensor] = {}
     wrong = []
     for key, value in own.items():
@@ -116,12 +114,12 @@ def init_from_checkpoint(model: nn.Module, source: dict[str, Any], *, class_name
     if wrong:
         raise UserError(f"model.init_from={path} does not fit this model ({len(wrong)} tensors of another "
                         f"shape: {wrong[0]}); use the source's model.depth / fpn_channels / feat_channels / "
-                        f"stacked_convs / head_norm (the source has model.depth={source['config']['model']['depth']})")
-    update.update(_copy_class_rows(own, src, class_names, list(source["class_names"]), report))
+                        f"stacked_convs / head_norm (the source has model.depth={source.config['model']['depth']})")
+    update.update(_copy_class_rows(own, src, class_names, list(source.class_names), report))
     report.skipped = sorted(k for k in src if k not in own)
     model.load_state_dict(update, strict=False)
     if model_config is not None:
-        theirs = source["config"]["model"]
+        theirs = source.config["model"]
         # point_offset zero is torchvision's spacing as training can assign it (fcos_r50_finetune)
         same = {("point_offset", "torchvision", "zero")}
         report.notes = [f"model.{k}={model_config[k]} here, {theirs[k]} in the source: its weights were "

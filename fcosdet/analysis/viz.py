@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from fcosdet.engine.evaluation.coco import to_numpy
 from fcosdet.errors import UserError
 
 
@@ -23,12 +23,6 @@ def class_colour(label: int) -> tuple[int, int, int]:
     hue = (label * 0.618033988749895 + 0.05) % 1.0
     r, g, b = colorsys.hsv_to_rgb(hue, 0.85, 1.0)
     return int(r * 255), int(g * 255), int(b * 255)
-
-
-def _as_numpy(value: Any, dtype: type) -> np.ndarray:
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().numpy()
-    return np.asarray(value, dtype=dtype)
 
 
 def _text_colour(fill: tuple[int, int, int]) -> tuple[int, int, int]:
@@ -43,9 +37,9 @@ def draw_detections(image: Image.Image, *, boxes: Any, labels: Any, scores: Any 
     there is no room above). Pass scores=None to draw ground truth (tags show the name only).
     """
     out = image.convert("RGB")  # always a copy, even for RGB input
-    boxes = _as_numpy(boxes, np.float64).reshape(-1, 4)  # (N, 4)
-    labels = _as_numpy(labels, np.int64).reshape(-1)  # (N,)
-    scores_np = None if scores is None else _as_numpy(scores, np.float64).reshape(-1)  # (N,)
+    boxes = to_numpy(boxes, np.float64).reshape(-1, 4)  # (N, 4)
+    labels = to_numpy(labels, np.int64).reshape(-1)  # (N,)
+    scores_np = None if scores is None else to_numpy(scores, np.float64).reshape(-1)  # (N,)
     draw = ImageDraw.Draw(out)
     font = ImageFont.load_default()
     width = max(1, round(min(out.size) / 250))
@@ -93,41 +87,57 @@ def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def plot_curves(log_jsonl: str | Path, out_png: str | Path) -> Path:
-    """Plots every "loss*" key against "iter" and, when evaluation rows (with "AP") exist,
-    AP / AP50 against "epoch" (or "iter") in a second panel. Writes a PNG (Agg backend)."""
+def training_figure(rows: list[dict], *, lr: bool = False, panel_size: tuple[float, float] = (6.5, 4.5)) -> Any:
+    """The training log's curves as a matplotlib Figure (Agg), one panel each: every "loss*"
+    key against "iter"; with `lr`, the learning rate against "iter"; when evaluation rows (with
+    "AP") exist, AP / AP50 / AP75 against "epoch" (or "iter"). `plot_curves` and the run
+    report both draw it."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    rows = read_log(Path(log_jsonl))
     train_rows = [r for r in rows if is_number(r.get("iter")) and "AP" not in r]
     eval_rows = [r for r in rows if is_number(r.get("AP"))]
-    loss_keys = sorted({k for r in train_rows for k, v in r.items()
-                        if k.startswith("loss") and is_number(v)})
-    panels = 2 if eval_rows else 1
-    fig = Figure(figsize=(6.5 * panels, 4.5))
+    panels = 1 + int(lr) + int(bool(eval_rows))
+    fig = Figure(figsize=(panel_size[0] * panels, panel_size[1]))
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, panels, 1)
-    for key in loss_keys:
-        points = [(r["iter"], r[key]) for r in train_rows if is_number(r.get(key))]
-        xs, ys = zip(*points)
-        ax.plot(xs, ys, label=key, linewidth=1.2 if key == "loss" else 0.9)
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("loss")
-    ax.set_title("training losses" if loss_keys else "training losses (none logged)")
-    ax.grid(alpha=0.3)
-    if loss_keys:
-        ax.legend(fontsize=8)
+    _plot_losses(fig.add_subplot(1, panels, 1), train_rows)
+    if lr:
+        ax = fig.add_subplot(1, panels, 2)
+        points = [(r["iter"], r["lr"]) for r in train_rows if is_number(r.get("lr"))]
+        if points:
+            ax.plot(*zip(*points), color="#8e44ad")
+        ax.set(xlabel="iteration", title="learning rate")
+        ax.grid(alpha=0.3)
     if eval_rows:
-        _plot_eval(fig.add_subplot(1, 2, 2), eval_rows)
+        _plot_eval(fig.add_subplot(1, panels, panels), eval_rows)
     fig.tight_layout()
+    return fig
+
+
+def plot_curves(log_jsonl: str | Path, out_png: str | Path) -> Path:
+    """`training_figure` of a log.jsonl (losses, and AP when evaluated) as a PNG."""
+    fig = training_figure(read_log(Path(log_jsonl)))
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=100)
     return out_png
 
 
-def _plot_eval(ax, eval_rows: list[dict]) -> None:
+def _plot_losses(ax: Any, train_rows: list[dict]) -> None:
+    loss_keys = sorted({k for r in train_rows for k, v in r.items()
+                        if k.startswith("loss") and is_number(v)})
+    for key in loss_keys:
+        points = [(r["iter"], r[key]) for r in train_rows if is_number(r.get(key))]
+        ax.plot(*zip(*points), label=key, linewidth=1.2 if key == "loss" else 0.9)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss")
+    ax.set_title("training losses" if loss_keys else "training losses (none logged)")
+    ax.grid(alpha=0.3)
+    if loss_keys:
+        ax.legend(fontsize=8)
+
+
+def _plot_eval(ax: Any, eval_rows: list[dict]) -> None:
     x_key = "epoch" if all(is_number(r.get("epoch")) for r in eval_rows) else "iter"
     for key in ("AP", "AP50", "AP75"):
         points = [(r.get(x_key, i), r[key]) for i, r in enumerate(eval_rows)

@@ -1,0 +1,3 @@
+from fcosdet.cli.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""Deployment: the detector graph, inference backends, the fast path, exporters and `Detector`."""

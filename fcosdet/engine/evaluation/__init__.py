@@ -1,0 +1,1 @@
+"""COCO evaluation (reset / process / evaluate)."""

@@ -1,0 +1,1 @@
+"""Converters of other libraries' trained FCOS into fcosdet model files."""

@@ -1,0 +1,277 @@
+"""Model files: a training checkpoint (`.pt`), an exported weights file (`.safetensors`:
+weights plus config and class names in its metadata) or an exported ONNX graph (`.onnx`:
+metadata only here; onnxruntime / OpenVINO run its graph).
+
+`ModelFile` is the one typed form of all three, and this module the only place that calls
+`torch.load`: always with `weights_only=True`, so a file holding anything but tensors and plain
+Python values (dict, list, tuple, str, int, float, bool, None) is refused and nothing in it runs.
+Checkpoints are written atomically with the user's umask.
+"""
+from __future__ import annotations
+
+import dataclasses
+import errno
+import io
+import json
+import os
+import pickle
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import onnx
+import safetensors.torch
+import torch
+from safetensors import SafetensorError, safe_open
+from torch import Tensor
+
+from fcosdet import __version__
+from fcosdet.errors import UserError
+
+MODEL_SUFFIXES = (".pt", ".pth", ".safetensors", ".onnx")
+META_PREFIX = "fcosdet."  # keys of the metadata that exported files carry (JSON values)
+# what an exported ONNX graph's metadata must hold for fcosdet to run it
+_ONNX_REQUIRED = ("class_names", "config", "normalize", "scale", "strides", "test")
+
+
+# ----------------------------------------------------------------------------- foreign files
+
+
+def error_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type when it has none): one error line."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def read_tensor_file(path: str | Path, *, unreadable: Callable[[Exception], str],
+                     refused: Callable[[pickle.UnpicklingError], str] | None = None) -> Any:
+    """Any file of tensors and plain values (a state_dict, another library's checkpoint), read on
+    the CPU with torch.load(weights_only=True): nothing in it runs. A failure is one UserError:
+    `refused(exc)` when the file holds other Python objects (a global outside torch's weights-only
+    allow-list; `unreadable` when not given), `unreadable(exc)` for anything else (a missing,
+    truncated or foreign file)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise UserError((refused or unreadable)(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
+        raise UserError(unreadable(exc)) from None
+
+
+def strip_module_prefix(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """A state_dict saved from a DistributedDataParallel / DataParallel wrapper ("module.x") -> the bare names."""
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+# ----------------------------------------------------------------------------- atomic writes
+
+
+def _temporary_file(path: Path) -> tuple[int, Path]:
+    """A new file beside `path`, created with mode 0o666 minus the umask (like any output)."""
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise UserError(f"cannot create a temporary file beside {path}; clean up {path.parent}")
+
+
+def save_atomic(state: dict[str, Any], path: Path) -> None:
+    """torch.save `state` to a temporary file in the same folder, then rename it over `path`: a
+    crash or a full disk leaves the previous `path` intact. A failed write is a UserError
+    naming the file."""
+    path = Path(path)
+    # serialise in memory first: torch's zip writer turns a failed write (a full disk) into a
+    # RuntimeError about stream positions, while a plain file write raises OSError (ENOSPC)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = _temporary_file(path)
+    except OSError as exc:
+        raise UserError(f"cannot write checkpoint {path} ({exc.strerror or exc}); choose a writable "
+                        f"--run-dir") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(buffer.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+        kept = f"the previous {path.name} is kept" if path.exists() else "no checkpoint was written"
+        raise UserError(f"cannot write checkpoint {path} ({exc.strerror or exc}); {kept}. "
+                        f"{'Free disk space' if full else 'Check the folder'} and rerun with --resume"
+                        ) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+# ----------------------------------------------------------------------------- metadata
+
+
+def encode_metadata(values: Mapping[str, Any]) -> dict[str, str]:
+    """{"class_names": [...]} -> {"fcosdet.class_names": "[...]"}: what exported files store."""
+    return {f"{META_PREFIX}{key}": json.dumps(value) for key, value in values.items()}
+
+
+def decode_metadata(props: Mapping[str, str]) -> dict[str, Any]:
+    """The fcosdet.* entries of a file's metadata, JSON-decoded, without the prefix."""
+    return {k.removeprefix(META_PREFIX): json.loads(v) for k, v in props.items() if k.startswith(META_PREFIX)}
+
+
+def read_onnx_metadata(props: Mapping[str, str], path: Path) -> dict[str, Any]:
+    """The fcosdet.* metadata_props of an exported ONNX file, decoded; an error for other ONNX files."""
+    meta = decode_metadata(props)
+    missing = set(_ONNX_REQUIRED) - set(meta)
+    if missing:
+        raise UserError(f"{path} is not an ONNX file exported by fcosdet (metadata {sorted(missing)} "
+                        f"missing); export it with `fcosdet export CHECKPOINT --format onnx`")
+    return meta
+
+
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    """The dict of a `.pt` checkpoint (weights_only=True); it must hold a "model" entry."""
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist; give a run folder's last.pt or best.pt")
+    state = read_tensor_file(
+        path, refused=lambda exc: (
+            f"refusing checkpoint {path}: it holds Python objects other than tensors and plain values "
+            f"(which could run code when loaded), or it is damaged; fcosdet reads checkpoints with "
+            f"weights_only=True: use one written by this fcosdet version, from a source you trust"),
+        unreadable=lambda exc: (f"cannot read checkpoint {path} ({error_line(exc)}); it may be truncated: "
+                                f"use the run's other checkpoint (last.pt / best.pt)"))
+    if not isinstance(state, dict) or "model" not in state:
+        raise UserError(f"{path} is not an fcosdet checkpoint (no 'model' entry)")
+    return state
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """(tensors, decoded fcosdet.* metadata) of an exported `.safetensors` file. Safe: safetensors runs no code."""
+    if not path.is_file():
+        raise UserError(f"weights file {path} does not exist; check the path")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = decode_metadata(f.metadata() or {})
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UserError(f"cannot read weights file {path} ({exc}); export it again with "
+                        f"`fcosdet export CHECKPOINT --format weights`") from None
+    if "config" not in meta or "class_names" not in meta:
+        raise UserError(f"{path} has no fcosdet config / class names in its metadata: not a file written "
+                        f"by `fcosdet export --format weights`")
+    return tensors, meta
+
+
+def _read_onnx(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"ONNX file {path} does not exist; check the path")
+    try:
+        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    except Exception as exc:  # noqa: BLE001 - any load failure means a bad file for the user
+        raise UserError(f"cannot load ONNX file {path} ({type(exc).__name__}: {error_line(exc)}); "
+                        f"export it again with `fcosdet export CHECKPOINT --format onnx`") from None
+    return read_onnx_metadata(props, path)
+
+
+# ----------------------------------------------------------------------------- the model file
+
+
+@dataclass(kw_only=True)
+class ModelFile:
+    """An fcosdet model file: what inference needs, and what a run's last.pt / best.pt add for resuming."""
+    model: dict[str, Tensor]  # the network's state_dict (the EMA weights when trained with EMA); {} for ONNX
+    config: dict[str, Any]  # Config.to_dict() of the model as trained / imported
+    class_names: list[str]  # one per label, labels in [0, C)
+    category_ids: list[int] | None = None  # the dataset's id of each label (COCO data, or imported); None: label + 1
+    category_ids_saved: bool = True  # False: a file from before fcosdet saved them (ids unknown: predict warns)
+    imported_from: str | None = None  # "torchvision-fcos:SOURCE" / "mmdet-fcos:SOURCE" for imported files
+    # training state (a run's checkpoints only)
+    raw_model: dict[str, Tensor] | None = None  # with EMA: the trained (not averaged) weights a resume continues
+    ema_updates: int | None = None
+    optimizer: dict[str, Any] | None = None
+    scheduler: dict[str, Any] | None = None
+    scaler: dict[str, Any] | None = None  # the fp16 GradScaler's state
+    epoch: int | None = None
+    iteration: int | None = None
+    epoch_iter: int | None = None  # batches done in the current epoch (a mid-epoch checkpoint)
+    best_ap: float | None = None
+    history: list[dict[str, Any]] | None = None  # per evaluation: {"epoch", "AP", ...}
+    rng: dict[str, Any] | None = None  # engine.checkpoint.rng_state()
+    path: Path | None = dataclasses.field(default=None, compare=False)  # where it was read from; not written
+
+    def __post_init__(self) -> None:
+        ids = self.category_ids
+        if ids is not None and (len(ids) != len(self.class_names) or not all(isinstance(i, int) for i in ids)):
+            raise UserError(f"the model file's category_ids ({len(ids)}) do not give one integer id per class "
+                            f"({len(self.class_names)}); import or train the model again")
+
+    # -- reading
+
+    @classmethod
+    def load(cls, path: str | Path) -> ModelFile:
+        """A `.pt` / `.pth` checkpoint, an exported `.safetensors` weights file, or an exported
+        `.onnx` graph (its metadata: `model` is empty, see `require_weights`)."""
+        path = Path(path)
+        if path.suffix == ".safetensors":
+            tensors, meta = _read_safetensors(path)
+            return cls.from_metadata(meta, model=tensors, path=path)
+        if path.suffix == ".onnx":
+            return cls.from_metadata(_read_onnx(path), model={}, path=path)
+        return cls.from_state(_read_checkpoint(path), path=path)
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], *, path: Path | None = None) -> ModelFile:
+        """The dict a `.pt` file holds -> a ModelFile (unknown keys are ignored)."""
+        missing = [key for key in ("model", "config", "class_names") if key not in state]
+        if missing:
+            raise UserError(f"{path or 'the model file'} has no {' / '.join(missing)}: give an fcosdet "
+                            f"checkpoint or a file written by `fcosdet import-weights`")
+        names = {f.name for f in dataclasses.fields(cls)} - {"category_ids_saved", "path"}
+        return cls(**{k: v for k, v in state.items() if k in names},
+                   category_ids_saved="category_ids" in state, path=path)
+
+    @classmethod
+    def from_metadata(cls, meta: Mapping[str, Any], *, model: dict[str, Tensor],
+                      path: Path | None = None) -> ModelFile:
+        """The decoded fcosdet.* metadata of an exported file (see `metadata`) and its weights -> a ModelFile."""
+        return cls(model=model, config=meta["config"], class_names=list(meta["class_names"]),
+                   category_ids=meta.get("category_ids"), category_ids_saved="category_ids" in meta, path=path)
+
+    def require_weights(self) -> None:
+        """An error unless the file holds the network's weights (an ONNX graph's are inside its graph)."""
+        if not self.model:
+            raise UserError(f"{self.path} is an ONNX graph: it runs through Detector.from_file / fcosdet "
+                            f"predict, but holds no PyTorch weights; use the .pt or .safetensors file here")
+
+    # -- writing
+
+    def metadata(self) -> dict[str, Any]:
+        """What an exported file (.safetensors, .onnx) records about the model, before `encode_metadata`."""
+        return {"config": self.config, "class_names": self.class_names, "category_ids": self.category_ids,
+                "version": __version__}
+
+    def to_state(self) -> dict[str, Any]:
+        """The dict a `.pt` file holds: tensors and plain values only (torch.load(weights_only=True)
+        reads it). Unset training fields are left out; "category_ids" is written when saved (None included)."""
+        state = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                 if f.name not in ("category_ids", "category_ids_saved", "path") and getattr(self, f.name) is not None}
+        if self.category_ids_saved:
+            state["category_ids"] = self.category_ids
+        return state
+
+    def save(self, path: str | Path) -> Path:
+        """`.safetensors`: the weights, with `metadata()` (no training state); any other suffix:
+        a `.pt` checkpoint, written atomically."""
+        path = Path(path)
+        if path.suffix == ".safetensors":
+            tensors = {k: v.detach().cpu().contiguous() for k, v in self.model.items()}
+            path.parent.mkdir(parents=True, exist_ok=True)
+            safetensors.torch.save_file(tensors, str(path), metadata=encode_metadata(self.metadata()))
+        else:
+            save_atomic(self.to_state(), path)
+        return path
