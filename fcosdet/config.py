@@ -78,6 +78,10 @@ class DataConfig:
     # caffe: BGR, 0-255, mean only (Detectron's mean); caffe_detectron2: the same with Detectron2's
     # mean (mmdetection's detectron2/resnet50_caffe models); pytorch: RGB, /255, ImageNet mean/std
     normalize: Literal["caffe", "caffe_detectron2", "pytorch"] = "caffe"
+    # antialias_uint8: the 8-bit image, antialiased, new size int(size * factor + 0.5), rounded
+    # to 8 bits; torchvision: its detection models' resize (the normalised float image, bilinear
+    # without antialias, new size int(size * factor)), for imported torchvision models
+    resize: Literal["antialias_uint8", "torchvision"] = "antialias_uint8"
     batch_size: int = 2  # images per worker
     workers: int = 2
     skip_invalid: bool = False
@@ -106,7 +110,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     sync_bn: bool = False
-    log_interval: int = 20
+    log_interval: int = 20  # iterations between log records at most (short runs log ~100 points)
     max_iters: int | None = None  # stop early (smoke runs)
     # EMA of the weights (fcosdet.engine.ema): evaluated and saved as the model best/last carry
     ema: bool = False

@@ -41,6 +41,15 @@ def reduce_mean(value: Tensor) -> Tensor:
     return value
 
 
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True when `flag` is True on any worker (all of them call it at the same point)."""
+    if not is_distributed():
+        return flag
+    value = torch.tensor(float(flag), device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
 def init_from_env(device: str = "auto", *, timeout_s: float = 600.0) -> torch.device:
     """Join the process group when launched by torchrun (WORLD_SIZE, LOCAL_RANK, ...), and
     pick this worker's device: NCCL with cuda:LOCAL_RANK on GPUs, gloo on the CPU.

@@ -7,6 +7,7 @@ from pathlib import Path
 import yaml
 
 from fcosdet.config import Config, apply_overrides, flatten_dict, parse_sets
+from fcosdet.console import say
 from fcosdet.errors import UserError
 
 
@@ -87,13 +88,15 @@ def _torchvision_fcos_r50() -> Config:
     """torchvision's fcos_resnet50_fpn at inference (what `fcosdet import-weights torchvision-fcos`
     writes): points at torchvision's anchor centres (j * padded size // level size: j*stride when
     the padded size is a multiple of 128), ReLU distances x stride without a learnable Scale, centerness on
-    the regression tower, conv bias, pytorch normalisation, frozen BN, sqrt(cls x ctr) > 0.2,
-    NMS 0.6, 100 per image. For inference: to train from these weights use fcos_r50_finetune."""
+    the regression tower, conv bias, pytorch normalisation and torchvision's resize (the normalised
+    float image, bilinear without antialias), frozen BN, sqrt(cls x ctr) > 0.2, NMS 0.6, 100 per
+    image. For inference: to train from these weights use fcos_r50_finetune."""
     cfg = _fcos_r50_tricks_1x()
     cfg.model.num_classes = 80
     cfg.model.learnable_scale = False
     cfg.model.point_offset = "torchvision"
     cfg.data.normalize = "pytorch"
+    cfg.data.resize = "torchvision"
     cfg.test.sqrt_score = True
     cfg.test.score_thr = 0.2
     cfg.test.nms_iou = 0.6
@@ -105,9 +108,11 @@ def _fcos_r50_finetune() -> Config:
     """Fine-tune torchvision's architecture on a small dataset: start from an imported COCO
     FCOS (`--set model.init_from=coco_fcos.pt`) or an ImageNet backbone
     (`--set model.backbone_weights=torchvision:ResNet50_Weights.IMAGENET1K_V1`). Frozen BN and
-    stem, 12 epochs, half the reference lr, short side 640-800, evaluation threshold 0.05."""
+    stem, 12 epochs, half the reference lr, short side 640-800, evaluation threshold 0.05,
+    fcosdet's resize (the model trains and is evaluated with one resize)."""
     cfg = _torchvision_fcos_r50()
     cfg.model.point_offset = "zero"  # training assigns on points spaced by the stride
+    cfg.data.resize = "antialias_uint8"
     cfg.data.scale = (1333, 800)
     cfg.data.multiscale_short = (640, 672, 704, 736, 768, 800)
     cfg.data.batch_size = 4
@@ -137,22 +142,37 @@ def preset(name: str) -> Config:
     return PRESETS[name]()
 
 
+DEFAULT_BASE = "fcos_r50_1x"  # what a YAML file without `base:` is laid over
+
+
 def load_config(source: str, sets: list[str] | None = None) -> Config:
-    """A preset name or a YAML file (optionally with `preset: NAME` as its base) plus
-    `key=value` overrides (values parsed as YAML)."""
+    """A preset name or a YAML config file, plus `key=value` overrides (values parsed as YAML).
+
+    A YAML file holds sections (model, test, data, train) of the fields it changes, laid over the
+    preset its `base:` names (`preset:` is accepted too); a partial file without one is laid over
+    fcos_r50_1x, and says so. A run's saved config.yaml holds every field and needs no base."""
     path = Path(source)
     if path.suffix in (".yaml", ".yml") or path.is_file():
-        if not path.is_file():
-            raise UserError(f"config file {path} does not exist; give a preset name "
-                            f"({', '.join(sorted(PRESETS))}) or a YAML file")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise UserError(f"config file {path} is not valid YAML: {' '.join(str(exc).split())}") from None
-        if not isinstance(raw, dict):
-            raise UserError(f"config file {path} must hold a mapping of sections")
-        cfg = preset(raw.pop("preset", "fcos_r50_1x"))
-        apply_overrides(cfg, flatten_dict(raw))
+        raw = _read_yaml_config(path)
+        base = raw.pop("base", None) or raw.pop("preset", None)
+        values = flatten_dict(raw)
+        if base is None and not set(flatten_dict(Config().to_dict())) <= set(values):
+            say(f"{path} has no `base:`: laid over {DEFAULT_BASE}; add `base: PRESET` ({', '.join(PRESETS)}) "
+                f"to change another preset")
+        cfg = apply_overrides(preset(base or DEFAULT_BASE), values)
     else:
         cfg = preset(source)
     return apply_overrides(cfg, parse_sets(sets or []))
+
+
+def _read_yaml_config(path: Path) -> dict:
+    if not path.is_file():
+        raise UserError(f"config file {path} does not exist; give a preset name "
+                        f"({', '.join(sorted(PRESETS))}) or a YAML file")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"config file {path} is not valid YAML: {' '.join(str(exc).split())}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"config file {path} must hold a mapping of sections (model, test, data, train)")
+    return raw

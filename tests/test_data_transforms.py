@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from fcosdet.data.images import image_size, load_image
 from fcosdet.data.loader import (
@@ -24,8 +25,10 @@ from fcosdet.data.transforms import (
     build_transforms,
     denormalize_image,
     keep_ratio_size,
+    torchvision_size,
 )
 from fcosdet.errors import UserError
+from fcosdet.presets import load_config
 
 
 def _target(boxes, labels) -> dict:
@@ -76,6 +79,55 @@ def test_multiscale_picks_short_sides_from_the_list():
     assert evaluation(Image.new("RGB", (64, 48)), _target([], []))[1]["img_size"] == (48, 64)
 
 
+def _noise_image(width: int, height: int, seed: int) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("wh, scale", [((640, 480), (1333, 800)), ((481, 640), (512, 320)),
+                                       ((500, 381), (512, 320)), ((612, 612), (512, 320)), ((200, 37), (300, 100))])
+def test_torchvision_resize_equals_torchvisions_detection_transform(wh, scale):
+    """resize=torchvision: pixels, size and boxes as torchvision's GeneralizedRCNNTransform gives
+    them from the same image as float [0, 1] (eval mode), the pixels bit for bit."""
+    image = _noise_image(*wh, seed=wh[0])
+    boxes = [[10.5, 7.25, 120.0, 30.0], [0.0, 0.0, wh[0], wh[1]]]
+    transform = build_transforms(train=False, scale=scale, normalize="pytorch", resize="torchvision")
+    out, target = transform(image, _target(boxes, [0, 1]))
+    reference = GeneralizedRCNNTransform(min(scale), max(scale), IMAGENET_MEAN_RGB, IMAGENET_STD_RGB).eval()
+    pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255  # (3, H0, W0)
+    batch, theirs = reference([pixels], [{"boxes": torch.tensor(boxes)}])
+    height, width = batch.image_sizes[0]
+    assert target["img_size"] == (height, width) == transform.resized_size(wh[1], wh[0])
+    assert torch.equal(out, batch.tensors[0, :, :height, :width])
+    torch.testing.assert_close(target["boxes"], theirs[0]["boxes"], atol=1e-4, rtol=0)
+
+
+def test_torchvision_sizes_round_down_where_fcosdet_rounds():
+    assert torchvision_size(480, 640, short=800, max_long=1333) == (800, 1066)  # 640 * 800 / 480 = 1066.7
+    assert keep_ratio_size(480, 640, short=800, max_long=1333) == (800, 1067)
+    default = build_transforms(train=False, scale=(1333, 800))
+    assert default.resize == "antialias_uint8" and default.resized_size(480, 640) == (800, 1067)
+
+
+def test_torchvision_resize_trains_with_flip_crop_and_photometric():
+    image = _noise_image(64, 48, seed=1)
+    boxes = _target([[8, 6, 32, 24], [0, 0, 64, 48]], [1, 2])
+    plain = build_transforms(train=False, scale=(80, 60), normalize="pytorch", resize="torchvision")
+    flip = build_transforms(train=True, scale=(80, 60), flip_prob=1.0, normalize="pytorch", resize="torchvision")
+    (out, target), (ref, ref_target) = flip(image, boxes), plain(image, boxes)
+    assert out.shape == (3, 60, 80) and torch.equal(out, ref.flip(-1))  # flip after the float resize
+    torch.testing.assert_close(target["boxes"], torch.tensor([[40.0, 7.5, 70.0, 30.0], [0.0, 0.0, 80.0, 60.0]]))
+    assert ref_target["boxes"][0].tolist() == [10.0, 7.5, 40.0, 30.0]
+    jitter = build_transforms(train=True, scale=(80, 60), flip_prob=0.5, normalize="pytorch", resize="torchvision",
+                              crop_scale=(1.5, 2.0), photometric_prob=1.0)
+    torch.manual_seed(0)
+    for _ in range(5):
+        out, target = jitter(image, boxes)
+        assert out.shape == (3, 60, 80) and out.dtype == torch.float32  # cut back to the plain size
+        assert len(target["boxes"]) >= 1 and target["boxes"].min() >= 0
+        assert (target["boxes"][:, 2] <= 80).all() and (target["boxes"][:, 3] <= 60).all()
+
+
 # ----------------------------------------------------------------------------- flip, normalise
 
 
@@ -123,6 +175,12 @@ def test_bad_transform_settings_raise_user_error():
         build_transforms(train=True, normalize="tf")
     with pytest.raises(UserError, match="scale"):
         build_transforms(train=True, scale=(0, 800))
+    with pytest.raises(UserError, match="resize"):
+        build_transforms(train=False, resize="bicubic")
+    with pytest.raises(UserError, match="antialias_uint8") as err:
+        load_config("demo", ["data.resize=bicubic"])
+    assert "\n" not in str(err.value)
+    assert load_config("demo", ["data.resize=torchvision"]).data.resize == "torchvision"
 
 
 # ----------------------------------------------------------------------------- loading modes

@@ -61,8 +61,8 @@ def test_train_eval_resume_predict_on_bccd(tmp_path, shared_data, capsys):
 
     det = Detector.from_file(run_dir / "last.pt", score_thr=0.0)
     result = det.predict(images[0])
-    assert result["boxes"].shape[1] == 4 and len(result["class_names"]) == len(result["scores"])
-    assert (result["boxes"][:, 2] <= 640).all() and (result["boxes"][:, 3] <= 480).all()
+    assert result.boxes.shape[1] == 4 and len(result.class_names) == len(result.scores)
+    assert (result.boxes[:, 2] <= 640).all() and (result.boxes[:, 3] <= 480).all()
 
 
 @pytest.mark.parametrize("layout", ["aquarium", "bccd_voc"])

@@ -49,15 +49,15 @@ def test_every_input_type_gives_the_same_detections(weights_file, shared_data):
     det = Detector.from_file(weights_file)
     path = shared_data / BCCD_IMAGE
     ref = det.predict(path)
-    assert 0 < len(ref["scores"]) <= 40 and ref["boxes"].shape == (len(ref["scores"]), 4)
+    assert 0 < len(ref.scores) <= 40 and ref.boxes.shape == (len(ref.scores), 4)
     pil = Image.open(path)
     pixels = np.array(pil.convert("RGB"))  # (H, W, 3) uint8
     inputs = [str(path), pil, pixels, pixels.astype(np.float32) / 255.0, pixels / 255.0,
               torch.from_numpy(pixels).permute(2, 0, 1), torch.from_numpy(pixels).permute(2, 0, 1).float() / 255]
     for got in det.predict(inputs):
         for key in ("boxes", "scores", "labels"):
-            assert torch.equal(got[key], ref[key]), key
-        assert got["class_names"] == ref["class_names"]
+            assert torch.equal(getattr(got, key), getattr(ref, key)), key
+        assert got.class_names == ref.class_names
 
 
 @pytest.mark.parametrize("bad, message", [
@@ -95,10 +95,10 @@ def test_fast_path_equals_plain_fp32(tmp_path, shared_data, norm):
     fast = Detector.from_file(path).predict(images)
     assert Detector.from_file(path).backend.channels_last
     for p, f in zip(plain, fast):
-        assert len(p["scores"]) > 5
-        assert f["labels"].tolist() == p["labels"].tolist()
-        torch.testing.assert_close(f["boxes"], p["boxes"], rtol=0, atol=1e-2)
-        torch.testing.assert_close(f["scores"], p["scores"], rtol=0, atol=1e-5)
+        assert len(p.scores) > 5
+        assert f.labels.tolist() == p.labels.tolist()
+        torch.testing.assert_close(f.boxes, p.boxes, rtol=0, atol=1e-2)
+        torch.testing.assert_close(f.scores, p.scores, rtol=0, atol=1e-5)
 
 
 def test_bf16_is_opt_in_and_close(weights_file, shared_data):
@@ -106,6 +106,6 @@ def test_bf16_is_opt_in_and_close(weights_file, shared_data):
     bf16 = Detector.from_file(weights_file, precision="bf16")
     assert fp32.backend.precision == "fp32"
     a, b = fp32.predict(shared_data / BCCD_IMAGE), bf16.predict(shared_data / BCCD_IMAGE)
-    assert len(b["scores"]) > 0 and abs(float(a["scores"][0]) - float(b["scores"][0])) < 0.1
+    assert len(b.scores) > 0 and abs(float(a.scores[0]) - float(b.scores[0])) < 0.1
     with pytest.raises(UserError, match="precision"):
         Detector.from_file(weights_file, precision="fp8")

@@ -76,6 +76,12 @@ def test_report_is_self_contained(run):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" or data[:3] == b"\xff\xd8\xff"
     for text in ("loss", "Platelets", "AR100", "Resolved config", "images/s", "ground truth | detections"):
         assert text in page, text
+    # the run table at the top, from the run.json training wrote
+    top = page.split("<h2>Training</h2>")[0]
+    for text in ("<h2>Run</h2>", "of 1 planned", "2 of 2 planned", "<th>stopped</th><td>max_iters</td>",
+                 f"<th>last checkpoint</th><td>{run['run'] / 'last.pt'}</td>", "3: WBC, RBC, Platelets"):
+        assert text in top, text
+    assert re.search(r"<td>val</td><td>[^<]*val\.json</td><td>6</td><td>%d</td>" % len(run["val"]["annotations"]), top)
 
 
 def _chromium() -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -146,3 +147,73 @@ def test_impossible_run_folder_is_one_line_before_training(tmp_path, where, caps
     err = capsys.readouterr().err.strip()
     assert code.value.code == 2 and len(err.splitlines()) == 1, err
     assert str(run_dir) in err and "--run-dir" in err
+
+
+def _signal_at(procs: dict[Path, tuple[subprocess.Popen, int]], iteration: int, timeout: float = 120) -> dict:
+    """Send each run's signal once, as soon as its log.jsonl reaches `iteration`; their stderr."""
+    deadline, waiting = time.monotonic() + timeout, dict(procs)
+    while waiting and time.monotonic() < deadline:
+        for run_dir, (proc, sig) in list(waiting.items()):
+            log = run_dir / "log.jsonl"
+            if log.is_file() and any(json.loads(line).get("iter", 0) >= iteration
+                                     for line in log.read_text().splitlines() if line.endswith("}")):
+                proc.send_signal(sig)
+                del waiting[run_dir]
+        time.sleep(0.005)
+    errs = {}
+    for run_dir, (proc, _) in procs.items():
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 130, (out + err)[-3000:]
+        errs[run_dir] = err
+    return errs
+
+
+def test_sigint_and_sigterm_write_a_checkpoint_that_resumes_bit_for_bit(tmp_path, shared_data):
+    """Default settings (no checkpoint_interval): a real SIGINT / SIGTERM in the first epoch
+    writes last.pt at the current iteration and prints the command that continues; running that
+    command ends with the uninterrupted run's weights and losses, bit for bit."""
+    data = tiny_bccd(tmp_path / "data", shared_data, n_train=8, n_val=1)
+    straight, by_int, by_term = tmp_path / "straight", tmp_path / "int", tmp_path / "term"
+    procs = {d: _train(data, d) for d in (straight, by_int, by_term)}
+    errs = _signal_at({by_int: (procs[by_int], signal.SIGINT), by_term: (procs[by_term], signal.SIGTERM)}, 2)
+    _finish(procs[straight])
+    want, want_losses = torch.load(straight / "last.pt", weights_only=True), _losses(straight)
+    for run_dir, name in ((by_int, "SIGINT"), (by_term, "SIGTERM")):
+        last = errs[run_dir].strip().splitlines()[-1]
+        saved = torch.load(run_dir / "last.pt", weights_only=True)
+        assert saved["epoch"] == 0 and 2 <= saved["iteration"] < 4 and saved["epoch_iter"] == saved["iteration"]
+        assert last.startswith(f"fcosdet: interrupted ({name}) at iteration {saved['iteration']} "
+                               f"({saved['iteration']} of 4 batches into epoch 1): wrote {run_dir / 'last.pt'}")
+        command = shlex.split(last.split("continue with: ", 1)[1])
+        assert command[0] == "fcosdet" and command[-1] == "--resume" and str(run_dir) in command
+        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+        resumed = subprocess.run([sys.executable, "-m", "fcosdet.cli", *command[1:]], env=env,
+                                 capture_output=True, text=True, timeout=300)
+        assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-3000:]
+        got = torch.load(run_dir / "last.pt", weights_only=True)
+        assert got["iteration"] == 12
+        for key, tensor in want["model"].items():
+            assert torch.equal(got["model"][key], tensor), (name, key)
+        assert _losses(run_dir) == want_losses
+        assert json.loads((run_dir / "run.json").read_text())["stopped"] == "completed"
+
+
+def test_a_folder_left_before_the_first_checkpoint_does_not_block_the_rerun(tmp_path, shared_data, capsys):
+    data = tiny_bccd(tmp_path / "data", shared_data, n_train=2, n_val=1)
+    run_dir = tmp_path / "run"
+    (run_dir / "tensorboard").mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("model: {}\n")
+    (run_dir / "log.jsonl").write_text("")
+    args = ["train", "fcos_r18_cpu", "--data", str(data), *SMALL, "--set", "train.max_iters=1",
+            "--set", "data.val_split=none", "--run-dir", str(run_dir)]
+    main_exit = pytest.raises(SystemExit)
+    with main_exit as code:
+        main(args)
+    assert code.value.code == 0
+    assert "holds no checkpoint (a run that stopped before its first one)" in capsys.readouterr().out
+    assert (run_dir / "last.pt").is_file()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")  # not what a run writes: still refused
+    with pytest.raises(SystemExit) as code:
+        main([*args[:-1], str(tmp_path / "other")])
+    assert code.value.code == 2 and "already exists" in capsys.readouterr().err

@@ -22,7 +22,7 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
 from fcosdet.data.records import ImageRecord
-from fcosdet.data.transforms import MIN_BOX_SIZE, DetectionTransform, keep_ratio_size
+from fcosdet.data.transforms import MIN_BOX_SIZE, DetectionTransform
 from fcosdet.model.criterion import FCOSCriterion
 from fcosdet.model.points import anchor_points, featmap_sizes, level_grids
 from fcosdet.model.targets import assign_targets_batch, centerness_target
@@ -32,7 +32,7 @@ def resized_boxes(record: ImageRecord, transform: DetectionTransform) -> tuple[T
     """A record's boxes as the evaluation `transform` resizes them, without decoding the image:
     boxes (G, 4) float32, labels (G,) and the resized (H, W). Crowd boxes and boxes thinner
     than MIN_BOX_SIZE are dropped, as the dataset and transform drop them for training."""
-    height, width = keep_ratio_size(record.height, record.width, short=transform.short, max_long=transform.max_long)
+    height, width = transform.resized_size(record.height, record.width)
     boxes = torch.as_tensor(np.asarray(record.boxes, np.float32).reshape(-1, 4))  # (G, 4)
     labels = torch.as_tensor(np.asarray(record.labels, np.int64).reshape(-1))  # (G,)
     crowd = np.asarray(record.iscrowd, bool).reshape(-1)  # (G,) or (0,) when the reader gave none

@@ -162,31 +162,51 @@ def format_report(report: dict[str, Any], *, fmt: str, config: str) -> str:
     return "\n".join(lines)
 
 
-def plot_report(split: str, report: dict[str, Any], out_png: Path) -> Path:
-    """Boxes per class, sizes at the training scale and boxes per level, in one PNG."""
+BAR_INCH = 0.2  # height of one class's bar row in the class panel, inches (80 classes: 16 in)
+
+
+def _hbars(ax: Any, values: dict[str, int], title: str, *, none_key: str | None = None, rows: int = 0) -> None:
+    """Horizontal bars, first key at the top, each with its count at its end; with `rows` the
+    axis holds at least that many bar slots (a few classes keep thin bars at the top)."""
+    keys = list(values)
+    colours = ["#c0392b" if k == none_key else "#2e86c1" for k in keys]
+    bars = ax.barh(range(len(keys)), [values[k] for k in keys], color=colours, height=0.75)
+    ax.bar_label(bars, labels=[str(values[k]) for k in keys], padding=2, fontsize=7)
+    ax.set_yticks(range(len(keys)), keys, fontsize=7)
+    ax.set_ylim(max(len(keys), rows) - 0.5, -0.5)  # first key on top
+    ax.set_xlim(0, max([*values.values(), 1]) * 1.15)  # room for the count after the longest bar
+    ax.set_title(title, fontsize=9)
+    ax.grid(axis="x", alpha=0.3)
+
+
+def report_figure(split: str, report: dict[str, Any]) -> Any:
+    """The split's picture as a matplotlib Figure (Agg): boxes of every class (most first) as
+    horizontal bars in a column as tall as the class list, and beside it COCO sizes, sizes at
+    the training scale and boxes per FPN level; every bar carries its count."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(16, 3.6))
+    ranked = dict(sorted(report["per_class"].items(), key=lambda kv: -kv[1]))
+    height = max(7.5, BAR_INCH * len(ranked) + 1.2)
+    fig = Figure(figsize=(13, height), layout="constrained")
     FigureCanvasAgg(fig)
-    ranked = sorted(report["per_class"].items(), key=lambda kv: -kv[1])
-    shown = dict(ranked[:20])  # (at most 20 classes, most boxes first)
-    panels = [(f"boxes per class{'' if len(ranked) <= 20 else f' (top 20 of {len(ranked)})'}", shown),
-              ("COCO sizes (original px)", report["coco_sizes"]),
-              (f"sqrt(area) px at scale {tuple(report['train_scale'])}", report["train_scale_sizes"]),
-              ("boxes per FPN level", {**report["levels"], "none": report["no_positive"]})]
-    for i, (title, values) in enumerate(panels):
-        ax = fig.add_subplot(1, len(panels), i + 1)
-        keys = list(values)
-        colours = ["#c0392b" if k == "none" else "#2e86c1" for k in keys]
-        ax.bar(range(len(keys)), [values[k] for k in keys], color=colours)
-        ax.set_xticks(range(len(keys)), keys, rotation=45 if len(keys) > 6 else 0, ha="right" if len(keys) > 6
-                      else "center", fontsize=7)
-        ax.set_title(f"{split}: {title}", fontsize=9)
-        ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
+    grid = fig.add_gridspec(3, 2, width_ratios=(1, 1.2))
+    _hbars(fig.add_subplot(grid[:, 0]), ranked, f"{split}: boxes per class ({len(ranked)} classes)",
+           rows=int((height - 1.2) / BAR_INCH))
+    side = [("COCO sizes (original px)", report["coco_sizes"], None),
+            (f"sqrt(area) px at scale {tuple(report['train_scale'])}", report["train_scale_sizes"], None),
+            ("boxes per FPN level (none: no positive point)", {**report["levels"], "none": report["no_positive"]},
+             "none")]
+    for row, (title, values, none_key) in enumerate(side):
+        _hbars(fig.add_subplot(grid[row, 1]), values, f"{split}: {title}", none_key=none_key)
+    return fig
+
+
+def plot_report(split: str, report: dict[str, Any], out_png: Path) -> Path:
+    """`report_figure` as a PNG."""
+    fig = report_figure(split, report)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=80)
+    fig.savefig(out_png, dpi=100)
     return out_png
 
 

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 from torchvision.ops import box_iou
 
 from fcosdet.analysis.viz import draw_detections
@@ -137,20 +137,58 @@ def plot_pr_curves(pr_curves: dict[str, Any], out_png: Path) -> Path:
     return out_png
 
 
+def panel_texts(record: ImageRecord, prediction: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+                score_thr: float) -> tuple[tuple[str, str | None], tuple[str, str | None]]:
+    """((title, why empty or None), (title, why empty or None)) of the ground-truth and the
+    detection half of `draw_side_by_side`."""
+    gt = len(np.asarray(record.boxes).reshape(-1, 4))
+    scores = np.zeros(0) if prediction is None else np.asarray(prediction[1], np.float64).reshape(-1)  # (N,)
+    shown = int((scores >= score_thr).sum())
+    left = (f"ground truth: {gt} box{'' if gt == 1 else 'es'}",
+            None if gt else "no ground-truth box in this image")
+    why = None
+    if not shown:
+        why = (f"no detection scoring >= {score_thr:.2f}\n"
+               + (f"({len(scores)} below it, best {scores.max():.2f})" if len(scores) else "(the model returned none)"))
+    return left, (f"detections >= {score_thr:.2f}: {shown}", why)
+
+
+def _captioned(image: Image.Image, title: str, why: str | None) -> Image.Image:
+    """`image` under a white strip holding `title`; `why` written large across its middle."""
+    size = max(12, round(image.width / 28))  # text height in pixels, about 17 px once halves are shown 480 wide
+    font = ImageFont.load_default(size=size)
+    strip = round(size * 1.6)
+    out = Image.new("RGB", (image.width, image.height + strip), (255, 255, 255))
+    out.paste(image, (0, strip))
+    draw = ImageDraw.Draw(out)
+    draw.text((6, strip // 2), title, fill=(0, 0, 0), font=font, anchor="lm")
+    if why:
+        centre = (image.width // 2, strip + image.height // 2)
+        box = draw.multiline_textbbox(centre, why, font=font, anchor="mm", align="center")
+        draw.rectangle([box[0] - 8, box[1] - 8, box[2] + 8, box[3] + 8], fill=(255, 255, 255), outline=(192, 57, 43),
+                       width=2)
+        draw.multiline_text(centre, why, fill=(192, 57, 43), font=font, anchor="mm", align="center")
+    return out
+
+
 def draw_side_by_side(record: ImageRecord, prediction: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
                       class_names: Sequence[str], score_thr: float, *, max_side: int = 480) -> Any:
-    """A PIL image: ground truth on the left, detections >= score_thr on the right."""
+    """A PIL image: ground truth on the left, detections >= score_thr on the right, each half
+    titled in a strip above it ("ground truth: 12 boxes" | "detections >= 0.30: 9") and, when a
+    half shows nothing, saying why across its middle."""
     image = load_image(record.path)
     boxes, scores, labels = prediction if prediction is not None else (np.zeros((0, 4)), np.zeros(0), np.zeros(0))
     left = draw_detections(image, boxes=record.boxes, labels=record.labels, scores=None, class_names=list(class_names))
     right = draw_detections(image, boxes=boxes, labels=labels, scores=scores, class_names=list(class_names),
                             score_thr=score_thr)
-    both = Image.new("RGB", (image.width * 2 + 8, image.height), (255, 255, 255))
+    (left_title, left_why), (right_title, right_why) = panel_texts(record, prediction, score_thr)
+    left, right = _captioned(left, left_title, left_why), _captioned(right, right_title, right_why)
+    both = Image.new("RGB", (left.width * 2 + 8, left.height), (255, 255, 255))
     both.paste(left, (0, 0))
-    both.paste(right, (image.width + 8, 0))
+    both.paste(right, (left.width + 8, 0))
     factor = max_side * 2 / both.width
     if factor < 1:
-        both = both.resize((int(both.width * factor), int(both.height * factor)))
+        both = both.resize((int(both.width * factor), int(both.height * factor)), Image.LANCZOS)
     return both
 
 

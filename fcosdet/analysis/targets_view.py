@@ -85,11 +85,38 @@ def _resized_pixels(record: ImageRecord, size: tuple[int, int]) -> torch.Tensor:
     return pixels
 
 
+CELL_PX = 8  # PNG pixels per grid cell of the finest level (stride 8: the image at about 1:1)
+MIN_PANEL_PX = 640  # the finest level's panel is never narrower than this
+DPI = 100
+
+
+def _layout(fig: Any, levels: int, rows: int) -> list[list[Any]]:
+    """Per row (center sampling, without), per level, a gridspec slot: the finest level in a large
+    panel, the coarser ones at half its width in a block beside it (2 rows of ceil((L - 1) / 2)),
+    so that P4's cells are as large as P3's and coarser ones larger."""
+    cols = _block_columns(levels)
+    grid = fig.add_gridspec(2 * rows, 1 + cols, width_ratios=(2,) + (1,) * cols)
+    return [[grid[2 * r:2 * r + 2, 0]] + [grid[2 * r + (level - 1) // cols, 1 + (level - 1) % cols]
+                                         for level in range(1, levels)] for r in range(rows)]
+
+
+def _block_columns(levels: int) -> int:
+    """Columns of the half-size block holding the levels after the first (2 rows)."""
+    return max(1, -(-(levels - 1) // 2))
+
+
+def _big_panel_inches(view: TargetsView, criterion: FCOSCriterion) -> float:
+    """Width of the finest level's panel: CELL_PX pixels per grid cell, at least MIN_PANEL_PX."""
+    return max(MIN_PANEL_PX, view.size[1] / criterion.strides[0] * CELL_PX) / DPI
+
+
 def _panel(ax: Any, pixels: torch.Tensor, view: TargetsView, assignment: ImageAssignment, level: int,
-           stride: int, title: str) -> None:
-    """One level: image with boxes, anchor points, positives coloured by box, centerness heat map."""
+           stride: int, title: str, tags: bool) -> list[Any]:
+    """One level: image with boxes, anchor points, positives coloured by box, centerness heat map.
+    With `tags` each box carries its index at its top-left corner (the legend's number). Returns
+    the (anchor, positive) scatters, which `_size_markers` sizes once the layout is known."""
     colours = [box_colour(g) for g in range(len(view.boxes))]
-    line = max(2, round(max(view.size) / 200))  # box outline in pixels, visible once the panel is scaled down
+    line = max(2, round(max(view.size) / 300))  # box outline in pixels of the resized image
     drawn = draw_bounding_boxes(pixels, view.boxes, colors=colours, width=line) if len(view.boxes) else pixels
     ax.imshow(drawn.permute(1, 2, 0).numpy())
     h, w = assignment.sizes[level]
@@ -102,38 +129,87 @@ def _panel(ax: Any, pixels: torch.Tensor, view: TargetsView, assignment: ImageAs
     ax.imshow(np.ma.masked_equal(heat, 0.0), cmap="magma", vmin=0, vmax=1, alpha=0.55,
               extent=(left, left + w * stride, top + h * stride, top), interpolation="nearest")
     owner = assignment.box_of_point[sl].numpy()  # (H*W,)
-    ax.scatter(pts[:, 0], pts[:, 1], s=max(0.3, stride / 16), c="#9a9a9a", linewidths=0)
+    scatters = [ax.scatter(pts[:, 0], pts[:, 1], c="#9a9a9a", linewidths=0)]
     pos = owner < assignment.num_boxes
     if pos.any():
-        ax.scatter(pts[pos, 0], pts[pos, 1], s=max(4.0, stride / 2),
-                   c=[np.array(colours[g]) / 255 for g in owner[pos]], edgecolors="white", linewidths=0.4)
+        scatters.append(ax.scatter(pts[pos, 0], pts[pos, 1], c=[np.array(colours[g]) / 255 for g in owner[pos]],
+                                   edgecolors="white"))
+    if tags:
+        for g, (x1, y1, _, _) in enumerate(view.boxes.tolist()):
+            ax.text(x1, y1, str(g), fontsize=7, color="white", va="bottom", ha="left", clip_on=True,
+                    bbox={"boxstyle": "square,pad=0.1", "facecolor": np.array(colours[g]) / 255, "linewidth": 0})
     ax.set_xlim(0, view.size[1])
     ax.set_ylim(view.size[0], 0)
-    ax.set_title(f"{title}: {int(pos.sum())} positives", fontsize=7)
+    ax.set_title(f"{title}: {int(pos.sum())} positives", fontsize=9)
     ax.axis("off")
+    return scatters
 
 
-def draw_view(view: TargetsView, criterion: FCOSCriterion, out_png: Path, *, panel_width: float = 3.2) -> Path:
-    """The figure: one column per level, a second row without center sampling when used."""
+def _size_markers(ax: Any, scatters: list[Any], stride: int, image_width: int) -> None:
+    """Anchor dots of 0.2 grid cell, positive dots of 0.75 cell with a thin white rim, from the panel's
+    laid-out width (a cell is `stride` of the `image_width` pixels the panel spans; sizes are
+    in points², 72 points per inch)."""
+    cell_pt = ax.get_window_extent().width / ax.figure.dpi * 72 * stride / image_width
+    scatters[0].set_sizes([max(0.25, 0.2 * cell_pt) ** 2])
+    if len(scatters) > 1:
+        scatters[1].set_sizes([(0.75 * cell_pt) ** 2])
+        scatters[1].set_linewidth(max(0.25, 0.05 * cell_pt))
+
+
+def _legend(fig: Any, view: TargetsView, class_names: Sequence[str]) -> None:
+    """Below the panels: one entry per box, "index: class" in the box's colour."""
+    from matplotlib.lines import Line2D
+
+    if not len(view.boxes):
+        return
+    handles = [Line2D([], [], linestyle="none", marker="o", markersize=8, markeredgecolor="white",
+                      markerfacecolor=np.array(box_colour(g)) / 255) for g in range(len(view.boxes))]
+    labels = [box_label(g, class_names, view.labels) for g in range(len(view.boxes))]
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 10), fontsize=9,
+               title="box index: class (colour of its box and of its positive points)", title_fontsize=9)
+
+
+def box_label(index: int, class_names: Sequence[str], labels: torch.Tensor) -> str:
+    """The legend's text of box `index`: "3: RBC"."""
+    label = int(labels[index])
+    return f"{index}: {class_names[label] if 0 <= label < len(class_names) else label}"
+
+
+def targets_figure(view: TargetsView, criterion: FCOSCriterion, class_names: Sequence[str]) -> Any:
+    """The figure (Agg, DPI dots per inch): per row (with center sampling, and without it when
+    used) the finest level large and the others beside it (`_layout`), and the box legend."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     pixels = _resized_pixels(view.record, view.size)
     rows = [(view.main, f"center sampling {criterion.center_sample_radius:g}" if criterion.center_sampling
              else "")] + ([(view.plain, "no center sampling")] if view.plain is not None else [])
-    levels = len(criterion.strides)
     aspect = view.size[0] / view.size[1]
-    fig = Figure(figsize=(panel_width * levels, (panel_width * aspect + 0.3) * len(rows) + 0.3), layout="constrained")
+    big_in = _big_panel_inches(view, criterion)
+    legend_in = 0.6 + 0.25 * -(-len(view.boxes) // 10)
+    width_in = big_in * (2 + _block_columns(len(criterion.strides))) / 2
+    fig = Figure(figsize=(width_in, (big_in * aspect + 0.6) * len(rows) + 0.4 + legend_in), dpi=DPI,
+                 layout="constrained")
     FigureCanvasAgg(fig)
-    for r, (assignment, note) in enumerate(rows):
-        for level, stride in enumerate(criterion.strides):
-            ax = fig.add_subplot(len(rows), levels, r * levels + level + 1)
+    drawn = []  # (axes, scatters, stride) of every panel
+    for (assignment, note), slots in zip(rows, _layout(fig, len(criterion.strides), len(rows))):
+        for level, (stride, slot) in enumerate(zip(criterion.strides, slots)):
             name = f"P{int(np.log2(stride))} stride {stride}" + (f", {note}" if note else "")
-            _panel(ax, pixels, view, assignment, level, stride, name)
-    fig.suptitle(f"{Path(view.record.path).name}: points assigned per level (colour = box), "
-                 f"heat = centerness target", fontsize=9)
+            ax = fig.add_subplot(slot)
+            drawn.append((ax, _panel(ax, pixels, view, assignment, level, stride, name, tags=level == 0), stride))
+    _legend(fig, view, class_names)
+    fig.suptitle(f"{Path(view.record.path).name} at {view.size[1]}x{view.size[0]}: points assigned per level "
+                 f"(colour = box, grey = anchor points), heat = centerness target", fontsize=11)
+    fig.draw_without_rendering()  # lays the panels out: their widths size the markers
+    for ax, scatters, stride in drawn:
+        _size_markers(ax, scatters, stride, view.size[1])
+    return fig
+
+
+def draw_view(view: TargetsView, criterion: FCOSCriterion, out_png: Path, class_names: Sequence[str]) -> Path:
+    """`targets_figure` as a PNG."""
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=80)
+    targets_figure(view, criterion, class_names).savefig(out_png, dpi=DPI)
     return out_png
 
 
@@ -146,7 +222,7 @@ def show_targets(records: Sequence[ImageRecord], class_names: Sequence[str], *, 
     results = []
     for record in records:
         view = compute_view(record, criterion, transform)
-        png = draw_view(view, criterion, out_dir / f"{Path(record.path).stem}_targets.png")
+        png = draw_view(view, criterion, out_dir / f"{Path(record.path).stem}_targets.png", class_names)
         text = summary_text(view, class_names, criterion)
         (out_dir / f"{Path(record.path).stem}_targets.txt").write_text(text + "\n")
         counts = view.main.positives_per_box_level()  # (G, L)

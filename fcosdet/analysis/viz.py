@@ -102,12 +102,7 @@ def training_figure(rows: list[dict], *, lr: bool = False, panel_size: tuple[flo
     FigureCanvasAgg(fig)
     _plot_losses(fig.add_subplot(1, panels, 1), train_rows)
     if lr:
-        ax = fig.add_subplot(1, panels, 2)
-        points = [(r["iter"], r["lr"]) for r in train_rows if is_number(r.get("lr"))]
-        if points:
-            ax.plot(*zip(*points), color="#8e44ad")
-        ax.set(xlabel="iteration", title="learning rate")
-        ax.grid(alpha=0.3)
+        _plot_lr(fig.add_subplot(1, panels, 2), train_rows)
     if eval_rows:
         _plot_eval(fig.add_subplot(1, panels, panels), eval_rows)
     fig.tight_layout()
@@ -123,12 +118,45 @@ def plot_curves(log_jsonl: str | Path, out_png: str | Path) -> Path:
     return out_png
 
 
+FEW_POINTS = 30  # curves with at most this many points also mark each point
+
+
+def _line_style(count: int) -> dict[str, Any]:
+    """Markers on a curve with few points (a run of 3 logs is 3 dots, not a faint segment)."""
+    return {"marker": "o", "markersize": 3.5} if count <= FEW_POINTS else {}
+
+
+def fit_x_axis(ax: Any, xs: list[float]) -> None:
+    """Integer ticks for integer steps (epochs, iterations) and a padded range, so that one point
+    sits mid-panel at its own tick instead of on an axis of 0.96-1.04."""
+    from matplotlib.ticker import MaxNLocator
+
+    if not xs:
+        return
+    lo, hi = min(xs), max(xs)
+    if all(float(x).is_integer() for x in xs):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    pad = 0.5 if hi - lo < 1 else 0.04 * (hi - lo)
+    ax.set_xlim(lo - pad, hi + pad)
+
+
+def ap_limits(values: list[float]) -> tuple[float, float]:
+    """The AP axis: from just below 0 (an AP of 0 is a visible line, not the frame) to a margin
+    above the best value (at least 0.05, at most 1.05), so that an AP of 0.03 is not a flat line
+    on [0, 1] and an AP of 1.0 is not on the frame."""
+    top = min(1.05, max(0.05, max([v for v in values if is_number(v)], default=0.0) * 1.15 + 0.01))
+    return -0.03 * top, top
+
+
 def _plot_losses(ax: Any, train_rows: list[dict]) -> None:
     loss_keys = sorted({k for r in train_rows for k, v in r.items()
                         if k.startswith("loss") and is_number(v)})
+    xs = []
     for key in loss_keys:
         points = [(r["iter"], r[key]) for r in train_rows if is_number(r.get(key))]
-        ax.plot(*zip(*points), label=key, linewidth=1.2 if key == "loss" else 0.9)
+        ax.plot(*zip(*points), label=key, linewidth=1.2 if key == "loss" else 0.9, **_line_style(len(points)))
+        xs += [x for x, _ in points]
+    fit_x_axis(ax, xs)
     ax.set_xlabel("iteration")
     ax.set_ylabel("loss")
     ax.set_title("training losses" if loss_keys else "training losses (none logged)")
@@ -137,17 +165,29 @@ def _plot_losses(ax: Any, train_rows: list[dict]) -> None:
         ax.legend(fontsize=8)
 
 
+def _plot_lr(ax: Any, train_rows: list[dict]) -> None:
+    points = [(r["iter"], r["lr"]) for r in train_rows if is_number(r.get("lr"))]
+    if points:
+        ax.plot(*zip(*points), color="#8e44ad", **_line_style(len(points)))
+        fit_x_axis(ax, [x for x, _ in points])
+    ax.set(xlabel="iteration", title="learning rate")
+    ax.grid(alpha=0.3)
+
+
 def _plot_eval(ax: Any, eval_rows: list[dict]) -> None:
     x_key = "epoch" if all(is_number(r.get("epoch")) for r in eval_rows) else "iter"
+    xs, ys = [], []
     for key in ("AP", "AP50", "AP75"):
         points = [(r.get(x_key, i), r[key]) for i, r in enumerate(eval_rows)
                   if is_number(r.get(key))]
         if points:
-            xs, ys = zip(*points)
-            ax.plot(xs, ys, marker="o", markersize=3, label=key)
+            ax.plot(*zip(*points), label=key, **{"marker": "o", "markersize": 3, **_line_style(len(points))})
+            xs += [x for x, _ in points]
+            ys += [y for _, y in points]
+    fit_x_axis(ax, xs)
     ax.set_xlabel(x_key if all(x_key in r for r in eval_rows) else "evaluation")
     ax.set_ylabel("COCO box AP")
-    ax.set_ylim(0, 1)
-    ax.set_title("validation AP")
+    ax.set_ylim(*ap_limits(ys))
+    ax.set_title("validation AP" + (f" (one evaluation: {ys[0]:.3f})" if len(eval_rows) == 1 and ys else ""))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

@@ -10,26 +10,25 @@ import yaml
 from fcosdet import distributed as D
 from fcosdet.analysis.data_report import draw_labels, format_report, split_report, write_report
 from fcosdet.analysis.targets_view import show_targets as draw_targets
-from fcosdet.cli.common import add_set_option
+from fcosdet.cli.common import CONFIG_SOURCES, add_set_option, config_from_source
 from fcosdet.config import Config
 from fcosdet.console import say
-from fcosdet.data.build import build_transform
+from fcosdet.data.build import build_transform, require_images
 from fcosdet.data.images import verify_images
 from fcosdet.data.layout import detect_layout, load_dataset_spec
 from fcosdet.data.records import DatasetSplit
 from fcosdet.data.validate import summarize_problems
 from fcosdet.errors import UserError
 from fcosdet.model.build import build_criterion
-from fcosdet.presets import load_config
 
 
 def add_parsers(sub: Any) -> None:
     c = sub.add_parser("check-data", help="decode every image and validate every annotation")
     c.add_argument("dataset", help="dataset YAML or folder")
-    c.add_argument("--splits", nargs="+", default=["train", "val"])
+    c.add_argument("--splits", nargs="+", default=["train", "val"], help="the dataset splits to check")
     c.add_argument("--skip-invalid", action="store_true", help="count problems instead of stopping at the first")
-    c.add_argument("--config", default="fcos_r50_1x", help="preset or YAML config whose scale and assignment "
-                   "settings the report uses (default fcos_r50_1x)")
+    c.add_argument("--config", default="fcos_r50_1x", help=f"whose scale and assignment settings the report "
+                   f"uses: {CONFIG_SOURCES}")
     add_set_option(c, "override a config field")
     c.add_argument("--draw", type=int, default=0, metavar="N", help="draw N images per split with their labels "
                    "(needs --out)")
@@ -43,11 +42,11 @@ def add_parsers(sub: Any) -> None:
     st.add_argument("dataset", help="dataset YAML or folder")
     st.add_argument("image_names", nargs="*", metavar="IMAGE", help="image file names of the split (default: "
                     "the first --images)")
-    st.add_argument("--images", type=int, default=4, help="how many images when none is named (default 4)")
-    st.add_argument("--config", default="fcos_r50_1x", help="preset or YAML config (default fcos_r50_1x)")
+    st.add_argument("--images", type=int, default=4, help="how many images when none is named")
+    st.add_argument("--config", default="fcos_r50_1x", help=f"whose assignment is drawn: {CONFIG_SOURCES}")
     add_set_option(st, "override a config field")
-    st.add_argument("--split", default="train")
-    st.add_argument("--out", type=Path, default=Path("runs/targets"), help="output folder (default runs/targets)")
+    st.add_argument("--split", default="train", help="the dataset split the images come from")
+    st.add_argument("--out", type=Path, default=Path("runs/targets"), help="output folder")
     st.set_defaults(func=lambda args: show_targets(args.dataset, args.image_names, count=args.images,
                                                    config=args.config, sets=args.set, split=args.split,
                                                    out_dir=args.out))
@@ -77,7 +76,7 @@ def _pick_records(data: DatasetSplit, images: list[str], count: int, where: str)
 def show_targets(dataset: str, images: list[str], *, count: int, config: str, sets: list[str],
                  split: str, out_dir: Path) -> list[dict[str, Any]]:
     """Per image, the points each box gets on each level (figure + summary), as training assigns them."""
-    cfg = load_config(config, sets)
+    cfg = config_from_source(config, sets)
     data = load_dataset_spec(dataset, split)
     if not data.records:
         raise UserError(f"split '{split}' of {dataset} has no images; choose another --split")
@@ -118,13 +117,15 @@ def check_data(dataset: str, splits: list[str], *, skip_invalid: bool, config: s
     under `config`; `out_dir` gets report.json and PNG plots (and `draw` images with labels)."""
     if draw and out_dir is None:
         raise UserError("check-data --draw needs --out DIR for the drawn images")
-    cfg = load_config(config, list(sets))
+    cfg = config_from_source(config, list(sets))
     reports = {}
     for split in splits:
         data = load_dataset_spec(dataset, split, skip_invalid=skip_invalid,
                                  allow_outside_root=cfg.data.allow_outside_root)
         records, problems = verify_images(data.records, skip_invalid=skip_invalid, show_progress=True)
         problems = list(data.problems) + list(problems)
+        require_images(split, DatasetSplit(records=records, class_names=data.class_names, problems=problems,
+                                           source=data.source), dataset)  # the rule train and eval apply
         boxes = sum(len(r.boxes) for r in records)
         clipped = f"; clipped {data.clipped} boxes to their image" if data.clipped else ""
         say(f"{split}: {len(records)} images, {boxes} boxes from {data.source}, {len(data.class_names)} "

@@ -17,8 +17,9 @@ from fcosdet.presets import preset
 def add_parser(sub: Any) -> None:
     d = sub.add_parser("demo", help="train and evaluate on the built-in shapes dataset (2 CPU cores, under 10 min); "
                        "replaces its --run-dir")
-    d.add_argument("--run-dir", type=Path, default=Path("runs/demo"))
-    d.add_argument("--data-dir", type=Path, default=Path("runs/shapes-data"))
+    d.add_argument("--run-dir", type=Path, default=Path("runs/demo"), help="output folder (replaced)")
+    d.add_argument("--data-dir", type=Path, default=Path("runs/shapes-data"),
+                   help="where the generated shapes dataset is written (reused when already there)")
     d.add_argument("--epochs", type=int, help="override the demo's number of epochs")
     d.set_defaults(func=lambda args: demo(run_dir=args.run_dir, data_dir=args.data_dir, epochs=args.epochs,
                                           overwrite=True))

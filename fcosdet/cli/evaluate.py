@@ -18,16 +18,17 @@ from fcosdet.errors import UserError
 
 def add_parser(sub: Any) -> None:
     e = sub.add_parser("eval", help="COCO mAP of a checkpoint on a dataset split")
-    e.add_argument("checkpoint", type=Path)
+    e.add_argument("checkpoint", type=Path, help="the model file: a run's best.pt / last.pt, or an exported "
+                   ".safetensors / .onnx / .pt2")
     e.add_argument("--data", help="dataset YAML or folder (default: the one the model was trained on)")
-    e.add_argument("--split", default="val")
+    e.add_argument("--split", default="val", help="the dataset split to evaluate on")
     e.add_argument("--out", type=Path, help="write metrics.json and detections.json here")
-    e.add_argument("--batch-size", type=int, default=2)
-    e.add_argument("--workers", type=int, default=2)
+    e.add_argument("--batch-size", type=int, default=2, help="images per forward pass")
+    e.add_argument("--workers", type=int, default=2, help="data loading processes (0: in the main process)")
     add_set_option(e, "change a test setting, e.g. --set test.nms_iou=0.6 (test.* keys; repeatable)")
     e.add_argument("--precision", choices=PRECISIONS, default="fp32", help="bf16: bf16 autocast (opt-in)")
     e.add_argument("--onnx-runtime", choices=ONNX_RUNTIMES, default="onnxruntime",
-                   help="what runs an .onnx file (default onnxruntime)")
+                   help="what runs an .onnx file")
     e.set_defaults(func=lambda args: evaluate_checkpoint(
         args.checkpoint, dataset=args.data, split=args.split, out_dir=args.out, batch_size=args.batch_size,
         workers=args.workers, test_sets=args.set, precision=args.precision, onnx_runtime=args.onnx_runtime))

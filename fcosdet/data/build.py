@@ -18,7 +18,7 @@ from fcosdet.data.layout import load_dataset_spec
 from fcosdet.data.loader import DetectionDataset, EpochSampler, build_loader
 from fcosdet.data.records import DatasetSplit
 from fcosdet.data.transforms import DetectionTransform, build_transforms
-from fcosdet.data.validate import summarize_problems
+from fcosdet.data.validate import MissingSplitError, summarize_problems
 from fcosdet.errors import UserError
 
 
@@ -31,24 +31,36 @@ def describe_split(split: str, data: DatasetSplit) -> str:
     return line
 
 
-def load_split(cfg: Config, split: str) -> DatasetSplit:
+def require_images(split: str, data: DatasetSplit, dataset: str) -> None:
+    """The rule training, evaluation and check-data share: a split with no images (or none left
+    after --skip-invalid) is an error, never an empty report or an empty evaluation."""
+    if not data.records:
+        dropped = f" after skipping {len(data.problems)} invalid ones" if data.problems else ""
+        raise UserError(f"split '{split}' of {dataset} ({data.source or 'no file'}) holds no "
+                        f"images{dropped}; fix the dataset or choose another split")
+
+
+def load_split(cfg: Config, split: str, *, training: bool = False) -> DatasetSplit:
     """One split, with a line saying which file, how many images and boxes; an empty split
-    (or one emptied by --skip-invalid) is a UserError."""
+    (or one emptied by --skip-invalid) is a UserError. `training`: a missing val split also
+    says how to train without evaluation."""
     if not cfg.data.dataset:
         raise UserError("no dataset given; pass --data PATH (a dataset YAML or a COCO/VOC/YOLO folder) "
                         "or set data.dataset in the config")
-    data = load_dataset_spec(cfg.data.dataset, split, skip_invalid=cfg.data.skip_invalid,
-                             allow_outside_root=cfg.data.allow_outside_root)
+    try:
+        data = load_dataset_spec(cfg.data.dataset, split, skip_invalid=cfg.data.skip_invalid,
+                                 allow_outside_root=cfg.data.allow_outside_root)
+    except MissingSplitError as exc:
+        if not (training and split == cfg.data.val_split):
+            raise
+        raise UserError(f"{exc.base}, or set data.val_split=none to train without evaluation.") from None
     if cfg.data.skip_invalid:  # decode every image now, so a truncated one is dropped, not fatal later
         data.records, undecodable = verify_images(data.records, skip_invalid=True)
         data.problems.extend(undecodable)
     if data.problems:
         say(f"{split}: {summarize_problems(data.problems)}")
     say(describe_split(split, data))
-    if not data.records:
-        dropped = f" after skipping {len(data.problems)} invalid ones" if data.problems else ""
-        raise UserError(f"split '{split}' of {cfg.data.dataset} ({data.source or 'no file'}) holds no "
-                        f"images{dropped}; fix the dataset or choose another split")
+    require_images(split, data, cfg.data.dataset)
     return data
 
 
@@ -67,7 +79,7 @@ def build_transform(cfg: Config, *, train: bool) -> DetectionTransform:
     d = cfg.data
     return build_transforms(train=train, scale=d.scale, multiscale_short=d.multiscale_short,
                             flip_prob=d.flip_prob, normalize=d.normalize, crop_scale=d.crop_scale,
-                            photometric_prob=d.photometric_prob)
+                            photometric_prob=d.photometric_prob, resize=d.resize)
 
 
 def make_loader(cfg: Config, data: DatasetSplit, *, train: bool) -> Any:

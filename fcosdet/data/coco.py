@@ -15,7 +15,6 @@ from pathlib import Path
 from fcosdet.data.images import read_sizes
 from fcosdet.data.records import DatasetSplit, ImageRecord
 from fcosdet.data.validate import (
-    SKIP_HINT,
     Problems,
     as_float,
     leaves_root,
@@ -96,7 +95,7 @@ def _coco_group_annotations(data: dict, path: Path, image_ids: set[int],
         if not isinstance(image_id, int) or image_id not in image_ids:
             name = f"id {ann.get('id')}" if isinstance(ann, dict) else repr(ann)[:80]
             problems.report(f"{path}: annotation {name} refers to image_id {image_id!r}, which is "
-                            f"not in 'images'; fix or delete the annotation, {SKIP_HINT}.")
+                            f"not in 'images'; fix or delete the annotation")
             continue
         grouped.setdefault(image_id, []).append(ann)
     return grouped
@@ -110,7 +109,7 @@ def _coco_image_record(image: dict, anns: list[dict], file_path: Path, size: tup
     if None not in declared and tuple(declared) != size:
         problems.report(f"{ann_path}: image {image['file_name']} is declared {declared[0]}x{declared[1]} "
                         f"but the file is {size[0]}x{size[1]} (after EXIF rotation); fix width/height "
-                        f"in the annotation file, {SKIP_HINT}.")
+                        f"in the annotation file")
         return None
     kept: list[dict] = []
     boxes: list[list[float]] = []  # (G, 4) x1y1x2y2
@@ -119,7 +118,7 @@ def _coco_image_record(image: dict, anns: list[dict], file_path: Path, size: tup
         category = ann.get("category_id")
         if not isinstance(category, int) or category not in cat_to_label:
             problems.report(f"{where} has category_id {ann.get('category_id')!r}, which is not a known "
-                            f"category; add the category or fix the id, {SKIP_HINT}.")
+                            f"category; add the category or fix the id")
             continue
         bbox = ann.get("bbox")
         x, y, w, h = ([as_float(v) for v in bbox] if isinstance(bbox, list) and len(bbox) == 4

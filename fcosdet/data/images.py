@@ -16,7 +16,7 @@ from PIL import Image, ImageOps
 
 from fcosdet.console import progress
 from fcosdet.data.records import ImageRecord
-from fcosdet.data.validate import SKIP_HINT, Problems
+from fcosdet.data.validate import Problems
 from fcosdet.errors import UserError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")  # lower case
@@ -79,11 +79,11 @@ def read_sizes(paths: Sequence[Path], problems: Problems, *,
         missing = isinstance(result, BaseException) and not path.exists()
         if isinstance(result, FileNotFoundError) or missing:
             problems.report(f"Image file {path} (listed in {source}) does not exist; "
-                            f"fix the path or remove the image, {SKIP_HINT}.")
+                            f"fix the path or remove the image")
             sizes.append(None)
         elif isinstance(result, BaseException):
             problems.report(f"Image file {path} (listed in {source}) cannot be read as an image "
-                            f"({type(result).__name__}: {result}); replace the file, {SKIP_HINT}.")
+                            f"({type(result).__name__}: {result}); replace the file")
             sizes.append(None)
         else:
             sizes.append(result)
@@ -124,11 +124,10 @@ def load_image(path: str | Path) -> Image.Image:
             oriented = ImageOps.exif_transpose(image)
         return to_rgb8(oriented)
     except FileNotFoundError:
-        raise UserError(f"Image file {path} does not exist; restore it or remove it from the "
-                        "dataset.") from None
+        raise UserError(f"Image file {path} does not exist; check the path or restore the file.") from None
     except Exception as exc:  # every decoder error means the same to the user
         raise UserError(f"Image file {path} cannot be decoded ({type(exc).__name__}: {exc}); "
-                        "replace the file or remove it from the dataset.") from None
+                        "replace the file.") from None
 
 
 def _decode_problem(record: ImageRecord) -> str | None:
@@ -136,10 +135,10 @@ def _decode_problem(record: ImageRecord) -> str | None:
     try:
         image = load_image(record.path)
     except UserError as exc:
-        return str(exc)
+        return str(exc).rstrip(".")  # Problems.report ends the sentence
     if image.size != (record.width, record.height):
         return (f"Image file {record.path} decodes to {image.size[0]}x{image.size[1]} but its header "
-                f"said {record.width}x{record.height}; re-save the image, {SKIP_HINT}.")
+                f"said {record.width}x{record.height}; re-save the image")
     return None
 
 

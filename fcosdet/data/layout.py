@@ -11,7 +11,7 @@ from pathlib import Path
 
 from fcosdet.data.coco import read_coco
 from fcosdet.data.records import DatasetSplit
-from fcosdet.data.validate import NO_VAL_HINT, names_from_value, read_yaml
+from fcosdet.data.validate import MissingSplitError, names_from_value, read_yaml
 from fcosdet.data.voc import read_voc
 from fcosdet.data.yolo import YOLO_NAME_FILES, read_yolo
 from fcosdet.errors import UserError
@@ -76,8 +76,8 @@ def _yolo_folder_split(folder: Path, split: str) -> Path | None:
     if split == "train":
         return None
     looked = [str(folder / f"{split}.txt")] + [f"'{split}:' in {p}" for p in yamls]
-    raise UserError(f"YOLO dataset {folder} has no split '{split}' (looked for {', '.join(looked)}); "
-                    f"add a list of the split's images, choose another split, {NO_VAL_HINT}.")
+    raise MissingSplitError(f"YOLO dataset {folder} has no split '{split}' (looked for {', '.join(looked)}); "
+                            f"add a list of the split's images or choose another split")
 
 
 def _coco_folder_annotations(folder: Path, split: str) -> Path:
@@ -88,9 +88,9 @@ def _coco_folder_annotations(folder: Path, split: str) -> Path:
     if split == "train" and (folder / "annotations.json").is_file():
         return folder / "annotations.json"
     there = sorted(p.stem for p in folder.glob("*.json"))
-    raise UserError(f"COCO dataset {folder} has no split '{split}': looked for "
-                    f"{folder / 'annotations'}/instances_{split}*.json and {folder / f'{split}.json'}; "
-                    f"splits there: {there}; choose one of them, {NO_VAL_HINT}.")
+    raise MissingSplitError(f"COCO dataset {folder} has no split '{split}': looked for "
+                            f"{folder / 'annotations'}/instances_{split}*.json and {folder / f'{split}.json'}; "
+                            f"splits there: {there}; choose one of them")
 
 
 def _load_folder(folder: Path, split: str, *, skip_invalid: bool, allow_outside_root: bool) -> DatasetSplit:
@@ -122,8 +122,8 @@ def _load_spec_file(path: Path, split: str, *, skip_invalid: bool, allow_outside
     root = (path.parent / str(spec.get("root") or ".")).resolve()
     entry = spec.get(split)
     if entry is None:
-        raise UserError(f"Dataset file {path} has no '{split}' entry; add '{split}: ...' naming the "
-                        f"split's images or annotations, choose another split, {NO_VAL_HINT}.")
+        raise MissingSplitError(f"Dataset file {path} has no '{split}' entry; add '{split}: ...' naming the "
+                                f"split's images or annotations, or choose another split")
     names = names_from_value(spec["names"], path) if spec.get("names") is not None else None
     if fmt == "coco":
         if isinstance(entry, dict) and "annotations" in entry:

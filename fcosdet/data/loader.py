@@ -9,6 +9,7 @@ reads them from the records instead).
 from __future__ import annotations
 
 import random
+import signal
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -181,7 +182,9 @@ class EpochSampler(Sampler):
 
 
 def _seed_worker(worker_id: int) -> None:
-    """Python's and numpy's RNGs follow the worker's torch seed (base seed + worker id)."""
+    """Python's and numpy's RNGs follow the worker's torch seed (base seed + worker id). Ctrl-C
+    reaches the whole process group: workers ignore it, and the main process saves a checkpoint."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
     np.random.seed(seed)

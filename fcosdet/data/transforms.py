@@ -11,6 +11,16 @@ Output of a transform: image (3, H, W) float32 normalised, and the target with b
 (and `iscrowd` when given) resized, degenerate boxes dropped, plus `orig_size` (H0, W0) and
 `img_size` (H, W): boxes map back to the original image by (W0 / W, H0 / H). Padding to a
 multiple of 32 happens later, in `collate`, at the bottom / right, so it never moves boxes.
+
+Resize modes (`resize`, config `data.resize`), one factor f = min(short / short side, max_long /
+long side) for both axes:
+- "antialias_uint8" (fcosdet's): (H, W) = int(f * (H0, W0) + 0.5), the 8-bit image resized with
+  antialias (and rounded back to 8 bits), then normalised;
+- "torchvision" (torchvision's GeneralizedRCNNTransform, for imported torchvision models):
+  (H, W) = int(f * (H0, W0)) (rounded down, as interpolate(scale_factor=f,
+  recompute_scale_factor=True)), the image normalised first, then resized in float32 bilinear,
+  align_corners=False, without antialias. (H, W) is the size torchvision reports, so the boxes
+  map back by the same ratios as its `postprocess`.
 """
 from __future__ import annotations
 
@@ -19,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms import v2
@@ -33,6 +44,7 @@ CAFFE_MEANS_BGR = {"caffe": CAFFE_MEAN_BGR, "caffe_detectron2": CAFFE_DETECTRON2
 IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)  # pixel range 0..1
 IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
 NORMALIZE_MODES = ("caffe", "caffe_detectron2", "pytorch")
+RESIZE_MODES = ("antialias_uint8", "torchvision")
 MIN_BOX_SIZE = 1e-3  # boxes thinner than this (pixels, after transforms) are dropped
 
 
@@ -40,6 +52,18 @@ def keep_ratio_size(height: int, width: int, *, short: int, max_long: int) -> tu
     """(new_h, new_w): short side to `short` unless the long side would exceed `max_long`."""
     factor = min(short / min(height, width), max_long / max(height, width))
     return max(1, int(height * factor + 0.5)), max(1, int(width * factor + 0.5))
+
+
+def torchvision_size(height: int, width: int, *, short: int, max_long: int) -> tuple[int, int]:
+    """(new_h, new_w) as torchvision's detection models resize: the factor of `keep_ratio_size`,
+    each side rounded down (what interpolate(scale_factor=..., recompute_scale_factor=True) does)."""
+    factor = min(short / min(height, width), max_long / max(height, width))
+    return max(1, int(height * factor)), max(1, int(width * factor))
+
+
+def resize_bilinear(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """float (3, H0, W0) -> (3, H, W) = size: bilinear, align_corners=False, no antialias."""
+    return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]  # (3, H, W)
 
 
 def normalize_image(pixels: torch.Tensor, mode: str) -> torch.Tensor:
@@ -80,6 +104,10 @@ class DetectionTransform:
     only): torchvision's RandomPhotometricDistort (brightness, contrast, saturation, hue,
     channel order, each with that probability) on the 8-bit image; boxes are unchanged.
 
+    `resize` (see the module docstring): "antialias_uint8" resizes, crops, flips and distorts the
+    8-bit image, then normalises; "torchvision" follows torchvision's order: photometric
+    distortion on the decoded image, normalisation, then the float resize, crop and flip.
+
     Called as transform(image PIL RGB, target) -> (image (3, H, W) float32, target); target
     holds boxes (G, 4) x1y1x2y2 and labels (G,) (tensors or arrays), optionally iscrowd (G,);
     other keys pass through unchanged.
@@ -88,7 +116,9 @@ class DetectionTransform:
     def __init__(self, *, train: bool, scale: Sequence[int] = (1333, 800),
                  multiscale_short: Sequence[int] | None = None, flip_prob: float = 0.5,
                  normalize: str = "caffe", crop_scale: Sequence[float] | None = None,
-                 photometric_prob: float = 0.0) -> None:
+                 photometric_prob: float = 0.0, resize: str = "antialias_uint8") -> None:
+        if resize not in RESIZE_MODES:
+            raise UserError(f"Unknown resize {resize!r}; use one of {RESIZE_MODES}.")
         if crop_scale is not None and (len(crop_scale) != 2 or not 0 < crop_scale[0] <= crop_scale[1]):
             raise UserError(f"data.crop_scale {crop_scale!r} must be two factors 0 < lo <= hi, e.g. [0.5, 1.5].")
         if not 0.0 <= photometric_prob <= 1.0:
@@ -106,18 +136,25 @@ class DetectionTransform:
         self.short_choices = [int(s) for s in multiscale_short] if use_multiscale else [self.short]
         self.flip_prob = float(flip_prob) if train else 0.0
         self.normalize = normalize
+        self.resize = resize
         self.crop_scale = tuple(float(f) for f in crop_scale) if train and crop_scale is not None else None
         self.photometric = v2.RandomPhotometricDistort(p=photometric_prob) if train and photometric_prob > 0 else None
 
     def __repr__(self) -> str:
         return (f"DetectionTransform(train={self.train}, max_long={self.max_long}, "
                 f"short_choices={self.short_choices}, flip_prob={self.flip_prob}, "
-                f"normalize={self.normalize!r}, crop_scale={self.crop_scale}, photometric={self.photometric})")
+                f"normalize={self.normalize!r}, resize={self.resize!r}, crop_scale={self.crop_scale}, photometric={self.photometric})")
 
     def _pick_short(self) -> int:
         if len(self.short_choices) == 1:
             return self.short_choices[0]
         return self.short_choices[int(torch.randint(len(self.short_choices), ()).item())]
+
+    def resized_size(self, height: int, width: int, *, short: int | None = None) -> tuple[int, int]:
+        """(H, W) this transform's resize gives an (height, width) image (short side `short`,
+        default the evaluation one), before any scale-jitter crop."""
+        size = torchvision_size if self.resize == "torchvision" else keep_ratio_size
+        return size(height, width, short=self.short if short is None else short, max_long=self.max_long)
 
     def __call__(self, image: Image.Image, target: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
         pixels = tv_tensors.Image(TF.pil_to_tensor(image))  # (3, H0, W0) uint8
@@ -125,14 +162,37 @@ class DetectionTransform:
         boxes = tv_tensors.BoundingBoxes(
             torch.as_tensor(np.asarray(target["boxes"]), dtype=torch.float32).reshape(-1, 4),  # (G, 4)
             format=tv_tensors.BoundingBoxFormat.XYXY, canvas_size=(height0, width0))
-        height, width = keep_ratio_size(height0, width0, short=self._pick_short(), max_long=self.max_long)
+        if self.resize == "torchvision":  # torchvision's order: distort, normalise, then resize the floats
+            if self.photometric is not None:
+                pixels = self.photometric(pixels)  # (3, H0, W0) uint8, boxes unchanged
+            pixels = tv_tensors.Image(normalize_image(pixels.as_subclass(torch.Tensor), self.normalize))  # (3, H0, W0) float32
+        pixels, boxes = self._resize_crop_flip(pixels, boxes)  # (3, H, W), (G, 4)
+        height, width = pixels.shape[-2:]
+        if self.resize == "torchvision":
+            out = pixels.as_subclass(torch.Tensor)  # (3, H, W) float32
+        else:
+            if self.photometric is not None:
+                pixels = self.photometric(pixels)  # (3, H, W) uint8, boxes unchanged
+            out = normalize_image(pixels.as_subclass(torch.Tensor), self.normalize)  # (3, H, W) float32
+        return out, self._finish_target(target, boxes.as_subclass(torch.Tensor), orig_size=(height0, width0),
+                                        img_size=(height, width))
+
+    def _resize_crop_flip(self, pixels: tv_tensors.Image, boxes: tv_tensors.BoundingBoxes,
+                          ) -> tuple[tv_tensors.Image, tv_tensors.BoundingBoxes]:
+        """(3, H0, W0) uint8 ("antialias_uint8") or normalised float32 ("torchvision") -> (3, H, W)
+        of the same dtype; boxes (G, 4) moved with the pixels."""
+        height0, width0 = pixels.shape[-2:]
+        height, width = self.resized_size(height0, width0, short=self._pick_short())
         window = None
         if self.crop_scale is not None:
             factor = float(torch.empty(()).uniform_(*self.crop_scale))
             window = (height, width)
             height, width = max(1, int(height * factor + 0.5)), max(1, int(width * factor + 0.5))
         if (height, width) != (height0, width0):
-            pixels = TF.resize(pixels, [height, width], antialias=True)  # (3, H, W)
+            if self.resize == "torchvision":
+                pixels = tv_tensors.Image(resize_bilinear(pixels.as_subclass(torch.Tensor), (height, width)))
+            else:
+                pixels = TF.resize(pixels, [height, width], antialias=True)  # (3, H, W)
             boxes = TF.resize(boxes, [height, width])  # (G, 4) scaled by (W / W0, H / H0)
         if window is not None and (height > window[0] or width > window[1]):
             top = int(torch.randint(height - min(height, window[0]) + 1, ()))
@@ -142,10 +202,7 @@ class DetectionTransform:
         if self.flip_prob > 0 and torch.rand(()).item() < self.flip_prob:
             pixels = TF.horizontal_flip(pixels)
             boxes = TF.horizontal_flip(boxes)  # x1' = W - x2, x2' = W - x1
-        if self.photometric is not None:
-            pixels = self.photometric(pixels)  # (3, H, W) uint8, boxes unchanged
-        return normalize_image(pixels.as_subclass(torch.Tensor), self.normalize), self._finish_target(
-            target, boxes.as_subclass(torch.Tensor), orig_size=(height0, width0), img_size=(height, width))
+        return pixels, boxes
 
     @staticmethod
     def _finish_target(target: dict[str, Any], boxes: torch.Tensor, *, orig_size: tuple[int, int],
@@ -176,7 +233,7 @@ def crop(pixels: tv_tensors.Image, boxes: tv_tensors.BoundingBoxes, *, top: int,
 def build_transforms(*, train: bool, scale: Sequence[int] = (1333, 800),
                      multiscale_short: Sequence[int] | None = None, flip_prob: float = 0.5,
                      normalize: str = "caffe", crop_scale: Sequence[float] | None = None,
-                     photometric_prob: float = 0.0) -> DetectionTransform:
+                     photometric_prob: float = 0.0, resize: str = "antialias_uint8") -> DetectionTransform:
     """The transform for training (`train=True`: random short side from `multiscale_short`,
     flip with `flip_prob`) or evaluation (fixed `scale`, no flip).
 
@@ -184,8 +241,9 @@ def build_transforms(*, train: bool, scale: Sequence[int] = (1333, 800),
     would exceed max(scale). `multiscale_short` is a list of short sides to choose from; pass
     e.g. `range(640, 801, 32)` for a range. `normalize`: 'caffe' (BGR, 0..255 minus the Caffe
     mean, for Caffe-style backbones), 'caffe_detectron2' (the same with Detectron2's mean) or
-    'pytorch' (RGB, /255, ImageNet mean/std).
+    'pytorch' (RGB, /255, ImageNet mean/std). `resize`: 'antialias_uint8' (fcosdet's) or
+    'torchvision' (torchvision's detection models', for imported torchvision weights).
     """
     return DetectionTransform(train=train, scale=scale, multiscale_short=multiscale_short,
                               flip_prob=flip_prob, normalize=normalize, crop_scale=crop_scale,
-                              photometric_prob=photometric_prob)
+                              photometric_prob=photometric_prob, resize=resize)

@@ -29,8 +29,16 @@ from fcosdet.data.records import DatasetSplit, ImageRecord
 from fcosdet.errors import UserError
 
 BOX_TOLERANCE_PX = 1.0  # clipping a box by at most this much is rounding, not counted
-SKIP_HINT = "or rerun with skip_invalid to drop it"
-NO_VAL_HINT = "or set data.val_split=none to train without evaluation"
+SKIP_HINT = "or rerun with --skip-invalid to drop it"  # added by Problems when it stops; not when skipping
+
+
+class MissingSplitError(UserError):
+    """The dataset has no such split. `base` is the message without its full stop, so that a caller
+    can add its own way out (training: data.val_split=none; eval: another --split)."""
+
+    def __init__(self, base: str) -> None:
+        super().__init__(f"{base}.")
+        self.base = " ".join(base.split())
 
 
 class Problems:
@@ -42,9 +50,11 @@ class Problems:
         self.clipped = 0  # boxes clipped to their image by more than BOX_TOLERANCE_PX
 
     def report(self, message: str) -> None:
+        """`message` names the file and the fix ("...; fix or delete the annotation"); stopping
+        adds how to skip such problems instead, skipping records it as a sentence."""
         if not self.skip_invalid:
-            raise UserError(message)
-        self.messages.append(message)
+            raise UserError(f"{message}, {SKIP_HINT}.")
+        self.messages.append(f"{message}.")
 
 
 def leaves_root(name: str) -> bool:
@@ -56,7 +66,7 @@ def leaves_root(name: str) -> bool:
 def outside_message(name: str, root: Path, where: str) -> str:
     return (f"{where} names the image {name!r}, which leaves the dataset folder {root} (an absolute "
             f"path or '..'); move the image under the folder, or set data.allow_outside_root=true "
-            f"if you trust this file, {SKIP_HINT}.")
+            f"if you trust this file")
 
 
 def summarize_problems(problems: Sequence[str]) -> str:
@@ -108,7 +118,7 @@ def validate_boxes(boxes: np.ndarray, width: int, height: int, *, describe: Call
             reason = "has zero or negative width or height"
         else:
             reason = f"lies entirely outside the {width}x{height} image"
-        problems.report(f"{describe(int(i))} {reason}; fix or delete the annotation, {SKIP_HINT}.")
+        problems.report(f"{describe(int(i))} {reason}; fix or delete the annotation")
     return clipped.astype(np.float32), keep
 
 

@@ -14,8 +14,7 @@ from pathlib import Path
 from fcosdet.data.images import IMAGE_SUFFIXES, read_sizes
 from fcosdet.data.records import DatasetSplit, ImageRecord
 from fcosdet.data.validate import (
-    NO_VAL_HINT,
-    SKIP_HINT,
+    MissingSplitError,
     Problems,
     as_float,
     leaves_root,
@@ -57,8 +56,8 @@ def _voc_ids(root: Path, split: str | None) -> list[str]:
     list_file = root / "ImageSets" / "Main" / f"{split}.txt"
     if not list_file.is_file():
         available = sorted(p.stem for p in (root / "ImageSets" / "Main").glob("*.txt"))
-        raise UserError(f"VOC split file {list_file} does not exist; use one of {available}, create "
-                        f"the list of image ids, {NO_VAL_HINT}.")
+        raise MissingSplitError(f"VOC split file {list_file} does not exist; use one of {available} or "
+                                f"create the list of image ids")
     lines = text_lines(list_file, "VOC split file")
     return [line.split()[0] for line in lines if line.strip()]
 
@@ -105,8 +104,7 @@ def read_voc(root: str | Path, split: str | None, *, class_names: Sequence[str] 
         try:
             filename, objects = _parse_voc_xml(xml_path)
         except (ET.ParseError, OSError) as exc:
-            problems.report(f"Annotation file {xml_path} cannot be read ({exc}); fix or re-export it, "
-                            f"{SKIP_HINT}.")
+            problems.report(f"Annotation file {xml_path} cannot be read ({exc}); fix or re-export it")
             continue
         if filename is not None and leaves_root(filename) and not allow_outside_root:
             problems.report(outside_message(filename, root, f"Annotation file {xml_path} (<filename>)"))
@@ -121,7 +119,7 @@ def read_voc(root: str | Path, split: str | None, *, class_names: Sequence[str] 
         for index, (name, coords) in enumerate(objects, start=1):
             if name not in label_of:
                 problems.report(f"{xml_path}: object {index} has class '{name}', which is not one of "
-                                f"{names}; fix the name or the class list, {SKIP_HINT}.")
+                                f"{names}; fix the name or the class list")
             else:
                 known.append((index, name, coords))
         records.append(make_record(

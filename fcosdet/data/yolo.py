@@ -17,7 +17,6 @@ import numpy as np
 from fcosdet.data.images import list_images, read_sizes
 from fcosdet.data.records import DatasetSplit, ImageRecord
 from fcosdet.data.validate import (
-    SKIP_HINT,
     Problems,
     as_float,
     leaves_root,
@@ -109,13 +108,12 @@ def _yolo_image_record(image_path: Path, label_path: Path, size: tuple[int, int]
         tokens = line.split()
         parsed = _parse_yolo_line(tokens)
         if parsed is None:
-            problems.report(f"{name} is not 'class cx cy w h' (or a polygon); fix or delete the line, "
-                            f"{SKIP_HINT}.")
+            problems.report(f"{name} is not 'class cx cy w h' (or a polygon); fix or delete the line")
             continue
         cls, (cx, cy, w, h) = parsed
         if not (math.isfinite(cls) and cls == int(cls) and 0 <= cls < num_classes):
             problems.report(f"{name} has class {tokens[0]}, which is not in 0..{num_classes - 1}; "
-                            f"fix the class id or the names list, {SKIP_HINT}.")
+                            f"fix the class id or the names list")
             continue
         boxes.append([(cx - w / 2) * width, (cy - h / 2) * height,
                       (cx + w / 2) * width, (cy + h / 2) * height])

@@ -1,5 +1,6 @@
 """Exporters: a trained model as a safetensors weights file, an ONNX graph or a torch.export
-program (`fcosdet export CHECKPOINT --format weights|onnx|torchscript --out PATH`).
+program (`fcosdet export CHECKPOINT --format weights|onnx|program --out PATH`; `torchscript` is
+an old name of `program`: it writes a torch.export program, not TorchScript).
 
 Dimensions: B images, Hp x Wp the padded batch (multiples of 32), D detections of the batch.
 
@@ -12,11 +13,12 @@ with dynamic B, Hp and Wp, so one file serves every image size. Inputs:
 Outputs: boxes (D, 4) x1, y1, x2, y2 in the resized frame, scores (D,), labels (D,) int64 in
 [0, C), batch_index (D,) int64. The ONNX file's metadata_props ("fcosdet.*", JSON values)
 carry the class names, the normalisation, the resize scale, the strides and the test settings,
-so that onnxruntime alone can run it (see README: "Export").
+so that onnxruntime alone can run it (see README: "Export"). The program (.pt2) carries the
+same metadata as its extra file and a safetensors copy of the weights, which is what fcosdet
+reads back (`ModelFile.load`): it never calls torch.export.load, which unpickles.
 """
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -24,14 +26,16 @@ from typing import Any
 import onnx
 import torch
 
+from fcosdet.console import warn
 from fcosdet.data.transforms import CAFFE_MEANS_BGR, IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
 from fcosdet.deploy.build import InferenceParts
 from fcosdet.deploy.graph import DetectorGraph
 from fcosdet.errors import UserError
 from fcosdet.io.model_file import encode_metadata
 
-FORMATS = ("onnx", "torchscript", "weights")
-SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt2", "weights": ".safetensors"}
+FORMATS = ("onnx", "program", "weights")
+SUFFIXES = {"onnx": ".onnx", "program": ".pt2", "weights": ".safetensors"}
+ALIASES = {"torchscript": "program"}  # old names still accepted, with a warning
 SIZE_DIVISOR = 32
 ONNX_OPSET = 18
 
@@ -53,8 +57,11 @@ def export_metadata(parts: InferenceParts) -> dict[str, Any]:
     long_side, short_side = max(cfg.data.scale), min(cfg.data.scale)
     return {"normalize": normalisation_metadata(cfg.data.normalize),
             "scale": [long_side, short_side],
-            "resize": f"keep the aspect ratio: factor = min({short_side} / short side, {long_side} / long side), "
-                      f"new size = int(size * factor + 0.5), bilinear with antialias",
+            "resize": (f"keep the aspect ratio: factor = min({short_side} / short side, {long_side} / long side), "
+                       + ("new size = int(size * factor) (rounded down), the normalised float32 image resized "
+                          "bilinear, align_corners=False, without antialias (torchvision's GeneralizedRCNNTransform)"
+                          if cfg.data.resize == "torchvision" else
+                          "new size = int(size * factor + 0.5), bilinear with antialias")),
             "size_divisor": SIZE_DIVISOR, "strides": list(cfg.model.strides),
             "test": {"score_thr": cfg.test.score_thr, "nms_iou": cfg.test.nms_iou, "nms_pre": cfg.test.nms_pre,
                      "max_per_img": cfg.test.max_per_img, "sqrt_score": cfg.test.sqrt_score},
@@ -62,6 +69,15 @@ def export_metadata(parts: InferenceParts) -> dict[str, Any]:
                       "image_sizes (B, 2) int64 valid (h, w)",
             "outputs": "boxes (D, 4) x1y1x2y2 in the resized frame, scores (D,), labels (D,), batch_index (D,)",
             **parts.model_file().metadata()}
+
+
+def resolve_format(fmt: str) -> str:
+    """A format name or an old alias -> the format's name (an alias prints one warning line)."""
+    if fmt in ALIASES:
+        warn(f"--format {fmt} writes a torch.export program (.pt2), not TorchScript; call it "
+             f"--format {ALIASES[fmt]}")
+        return ALIASES[fmt]
+    return fmt
 
 
 def check_out(out: Path, fmt: str, *, overwrite: bool) -> None:
@@ -128,15 +144,15 @@ def export_onnx(parts: InferenceParts, out: Path, *,
 def export_torch_program(parts: InferenceParts, out: Path, *,
                          program: torch.export.ExportedProgram | None = None) -> Path:
     """A torch.export program (.pt2): torch.export.load(path).module()(images, image_sizes),
-    with `import torchvision` for its NMS operator; the metadata rides along as extra files."""
+    with `import torchvision` for its NMS operator. The metadata rides along as the extra file
+    PROGRAM_METADATA (encode_metadata's "fcosdet.*" keys, JSON values), the weights as a
+    safetensors copy (what Detector.from_file / predict / eval read: see ModelFile.load)."""
     program = export_program(parts) if program is None else program
-    out.parent.mkdir(parents=True, exist_ok=True)
-    extra = {"fcosdet_metadata.json": json.dumps(export_metadata(parts))}
-    torch.export.save(program, str(out), extra_files=extra)
-    return out
+    return parts.model_file().save_program(program, out, metadata=export_metadata(parts))
 
 
 def export_model(parts: InferenceParts, fmt: str, out: Path, *, overwrite: bool = False) -> Path:
+    fmt = resolve_format(fmt)
     check_out(out, fmt, overwrite=overwrite)
-    {"weights": export_weights, "onnx": export_onnx, "torchscript": export_torch_program}[fmt](parts, out)
+    {"weights": export_weights, "onnx": export_onnx, "program": export_torch_program}[fmt](parts, out)
     return out

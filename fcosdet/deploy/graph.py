@@ -12,7 +12,7 @@ from fcosdet.model.postprocess import Detections, FCOSPostProcessor
 
 class DetectorGraph(nn.Module):
     """Network + post-processing in one module: what the PyTorch backend runs and what the
-    ONNX / TorchScript exports trace. forward(images (B, 3, Hp, Wp), image_sizes (B, 2))."""
+    ONNX / torch.export program exports trace. forward(images (B, 3, Hp, Wp), image_sizes (B, 2))."""
 
     def __init__(self, *, model: FCOS, postprocessor: FCOSPostProcessor) -> None:
         super().__init__()

@@ -1,7 +1,8 @@
 """Detector: one object over a trained model file for inference on images.
 
-    det = Detector.from_file("runs/exp/best.pt")  # or an exported .safetensors / .onnx file
-    out = det.predict("image.jpg")  # {"boxes" (D, 4) original pixels, "scores" (D,), "labels" (D,), "class_names"}
+    det = Detector.from_file("runs/exp/best.pt")  # or an exported .safetensors / .pt2 / .onnx file
+    r = det.predict("image.jpg")  # Results: boxes (D, 4) original pixels, scores (D,), labels (D,), ...
+    rs = det.predict(["a.jpg", "b.jpg"])  # list[Results], one per image (one batch)
 
 Images (`predict` takes one, `predict_batch` a list; `predict` also takes a list):
 - a path, or a PIL image (any mode: converted to 8-bit RGB as a loaded file is);
@@ -13,7 +14,7 @@ detections whichever form it comes in; values outside 0..1 are an error, never c
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any, Sequence, Union, overload
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ from fcosdet.deploy.backends import OnnxBackend, TorchBackend
 from fcosdet.deploy.build import build_inference, config_of
 from fcosdet.deploy.fastpath import fast_inference_model
 from fcosdet.deploy.graph import DetectorGraph
+from fcosdet.deploy.results import Results
 from fcosdet.errors import UserError
 from fcosdet.io.model_file import ModelFile
 from fcosdet.model.postprocess import Detections, split_per_image
@@ -91,7 +93,9 @@ class Detector:
     def from_file(cls, path: str | Path, *, device: str = "cpu", score_thr: float | None = None,
                   test_overrides: dict[str, Any] | None = None, fast: bool = True,
                   precision: str = "fp32", onnx_runtime: str = "onnxruntime") -> "Detector":
-        """A `.pt` checkpoint, `.safetensors` weights file or `.onnx` graph -> a Detector.
+        """A `.pt` checkpoint, an exported `.safetensors` weights file, `.pt2` program or `.onnx`
+        graph -> a Detector (a `.pt2` runs as the PyTorch model its weights copy and config build:
+        the program itself is never loaded, see `ModelFile.load`).
         `score_thr` / `test_overrides` ({"test.nms_iou": 0.6}) replace the file's test settings
         (an ONNX graph has them baked in: only a higher score_thr is possible there).
         `fast` (PyTorch files): BatchNorm folded and channels_last, equal to the plain model
@@ -145,16 +149,37 @@ class Detector:
         empty = {"boxes": np.zeros((0, 4), np.float32), "labels": np.zeros((0,), np.int64)}
         return self.transform(_to_pil(image), empty)  # (3, h, w) normalised, target with the sizes
 
-    def predict_batch(self, images: Sequence[ImageInput]) -> list[dict[str, Any]]:
+    def labels_of(self, classes: Sequence[str]) -> list[int]:
+        """Class names -> their labels; an unknown name is one error listing the model's classes."""
+        unknown = [name for name in classes if name not in self.class_names]
+        if unknown:
+            raise UserError(f"unknown class {', '.join(map(repr, unknown))}: the model's classes are "
+                            f"{', '.join(self.class_names)}")
+        return [self.class_names.index(name) for name in classes]
+
+    def predict_batch(self, images: Sequence[ImageInput], *, classes: Sequence[str] | None = None) -> list[Results]:
+        """Images (one batch) -> one Results per image; `classes` (names) keeps only those classes'
+        detections (dropped after NMS and test.max_per_img, so the others are exactly the model's)."""
+        keep = None if classes is None else self.labels_of(classes)
         prepared = [self._prepare(im) for im in images]
         batch = pad_images([x for x, _ in prepared])  # (B, 3, Hp, Wp)
-        results = self.detect(batch, [t["img_size"] for _, t in prepared], [t["orig_size"] for _, t in prepared])
-        for d in results:
-            d["class_names"] = [self.class_names[i] for i in d["labels"].tolist()]
-        return results
+        dets = self.detect(batch, [t["img_size"] for _, t in prepared], [t["orig_size"] for _, t in prepared])
+        ids = [self.category_id(label) for label in range(len(self.class_names))]
+        results = [Results(boxes=d["boxes"], scores=d["scores"], labels=d["labels"], names=self.class_names,
+                           category_ids=ids, orig_size=tuple(t["orig_size"]),
+                           path=Path(im) if isinstance(im, (str, Path)) else None)
+                   for d, im, (_, t) in zip(dets, images, prepared)]
+        return results if keep is None else [r.only(keep) for r in results]
 
-    def predict(self, image: ImageInput | Sequence[ImageInput]) -> dict[str, Any] | list[dict[str, Any]]:
-        """One image -> its detections; a list of images -> a list (one batch)."""
+    @overload
+    def predict(self, image: ImageInput, *, classes: Sequence[str] | None = None) -> Results: ...
+
+    @overload
+    def predict(self, image: Sequence[ImageInput], *, classes: Sequence[str] | None = None) -> list[Results]: ...
+
+    def predict(self, image: ImageInput | Sequence[ImageInput], *,
+                classes: Sequence[str] | None = None) -> Results | list[Results]:
+        """One image -> its Results; a list (or tuple) of images -> a list of Results (one batch)."""
         if isinstance(image, (list, tuple)):
-            return self.predict_batch(image)
-        return self.predict_batch([image])[0]
+            return self.predict_batch(image, classes=classes)
+        return self.predict_batch([image], classes=classes)[0]

@@ -24,7 +24,7 @@ from fcosdet.engine.evaluation.coco import CocoEvaluator
 from fcosdet.engine.finetune import init_from_checkpoint, pretrained_normalize, read_source
 from fcosdet.engine.loop import StepContext, TrainState
 from fcosdet.engine.optim import WarmupSchedule, build_optimizer
-from fcosdet.engine.trainer import Trainer
+from fcosdet.engine.trainer import Trainer, planned_iterations
 from fcosdet.errors import UserError
 from fcosdet.io.model_file import ModelFile
 from fcosdet.model.build import (
@@ -37,6 +37,7 @@ from fcosdet.model.build import (
 )
 
 AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+LOG_POINTS = 100  # log at least this many points per run (train.log_interval is the longest gap)
 
 
 @dataclass
@@ -79,8 +80,8 @@ def use_pretrained_normalize(cfg: Config, source: ModelFile | None) -> None:
 
 def _read_splits(cfg: Config) -> tuple[DatasetSplit, DatasetSplit | None]:
     """The train split and the val split (None with data.val_split=none); num_classes from the data."""
-    train_data = load_split(cfg, cfg.data.train_split)
-    val_data = None if cfg.data.val_split == "none" else load_split(cfg, cfg.data.val_split)
+    train_data = load_split(cfg, cfg.data.train_split, training=True)
+    val_data = None if cfg.data.val_split == "none" else load_split(cfg, cfg.data.val_split, training=True)
     if val_data is None:
         say("no evaluation (data.val_split=none): best.pt is not written; last.pt is the final model")
     else:
@@ -110,8 +111,8 @@ def _optimization(cfg: Config, model: nn.Module, iters_per_epoch: int) -> tuple[
     optimizer = build_optimizer(model, lr=lr, momentum=t.momentum, weight_decay=t.weight_decay,
                                 bias_lr_mult=t.bias_lr_mult, bias_decay_mult=t.bias_decay_mult,
                                 kind=t.optimizer, fused=True)
-    total = iters_per_epoch * t.epochs if t.max_iters is None else min(iters_per_epoch * t.epochs, t.max_iters)
-    schedule = WarmupSchedule(iters_per_epoch=iters_per_epoch, total_iters=total, warmup=t.warmup,
+    schedule = WarmupSchedule(iters_per_epoch=iters_per_epoch,
+                              total_iters=planned_iterations(iters_per_epoch, t.epochs, t.max_iters), warmup=t.warmup,
                               warmup_iters=t.warmup_iters, warmup_ratio=t.warmup_ratio,
                               schedule=t.schedule, steps=tuple(t.steps))
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
@@ -187,9 +188,11 @@ def build_trainer(cfg: Config, b: Built, *, run_dir: Path, logger: Any,
     t = cfg.train
     evaluator = (CocoEvaluator(records=b.val_data.records, class_names=b.class_names)
                  if b.val_data is not None else None)
+    planned = planned_iterations(len(b.train_loader), t.epochs, t.max_iters)
+    log_interval = max(1, min(t.log_interval, planned // LOG_POINTS))  # a short run still draws a curve
     return Trainer(ctx=b.ctx, train_loader=b.train_loader, val_loader=b.val_loader,
                    postprocessor=b.postprocessor, evaluator=evaluator, logger=logger, run_dir=run_dir,
-                   epochs=t.epochs, eval_interval=t.eval_interval, log_interval=t.log_interval,
+                   epochs=t.epochs, eval_interval=t.eval_interval, log_interval=log_interval,
                    max_iters=t.max_iters, checkpoint_interval=t.checkpoint_interval, on_eval=on_eval,
                    model_info={"config": cfg.to_dict(), "class_names": b.class_names,
                                "category_ids": b.category_ids})

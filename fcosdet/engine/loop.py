@@ -102,27 +102,30 @@ def train_one_epoch(ctx: StepContext, loader: Any, state: TrainState, *, logger:
     resume), stopping early at `max_iters`; `after_step(state, last_batch_of_epoch)` runs after
     every optimizer step (the trainer's mid-epoch checkpoints)."""
     ctx.model.train()
-    bar = tqdm(loader, desc=f"epoch {state.epoch + 1}", disable=not is_main_process(),
+    left = len(loader) if max_iters is None else max(0, min(len(loader), max_iters - state.iteration))
+    bar = tqdm(loader, desc=f"epoch {state.epoch + 1}", total=left, disable=not is_main_process(),
                dynamic_ncols=True, leave=False, mininterval=1 if sys.stderr.isatty() else 30)
     seen, start = 0, time.perf_counter()
     epoch_batches = state.epoch_iter + len(loader)
-    for batch in bar:
-        if max_iters is not None and state.iteration >= max_iters:
-            break
-        terms = train_step(ctx, batch, state.iteration)
-        state.iteration += 1
-        state.epoch_iter += 1
-        if after_step is not None:
-            after_step(state, state.epoch_iter == epoch_batches)
-        seen += len(batch.targets) * world_size()
-        ips = seen / (time.perf_counter() - start)
-        lr = ctx.optimizer.param_groups[0]["lr"]
-        bar.set_postfix({**{k.removeprefix("loss_"): f"{v:.3f}" for k, v in terms.items()},
-                         "lr": f"{lr:.2e}", "img/s": f"{ips:.1f}"}, refresh=False)
-        if state.iteration % log_interval == 0 or state.iteration == 1:
-            logger.log({"epoch": state.epoch + 1, "loss": sum(terms.values()), **terms, "lr": lr,
-                        "images_per_s": ips}, step=state.iteration)
-    bar.close()
+    try:
+        for batch in bar:
+            if max_iters is not None and state.iteration >= max_iters:
+                break
+            terms = train_step(ctx, batch, state.iteration)
+            state.iteration += 1
+            state.epoch_iter += 1
+            seen += len(batch.targets) * world_size()
+            ips = seen / (time.perf_counter() - start)
+            lr = ctx.optimizer.param_groups[0]["lr"]
+            bar.set_postfix({**{k.removeprefix("loss_"): f"{v:.3f}" for k, v in terms.items()},
+                             "lr": f"{lr:.2e}", "img/s": f"{ips:.1f}"}, refresh=False)
+            if state.iteration % log_interval == 0 or state.iteration == 1:
+                logger.log({"epoch": state.epoch + 1, "loss": sum(terms.values()), **terms, "lr": lr,
+                            "images_per_s": ips}, step=state.iteration)
+            if after_step is not None:  # after the log record: a checkpoint here never skips one
+                after_step(state, state.epoch_iter == epoch_batches)
+    finally:
+        bar.close()
 
 
 # images (B, 3, Hp, Wp), resized (h, w) and original (H, W) of each image -> per image boxes

@@ -1,5 +1,6 @@
 """The training policy around the loop: epochs, when to evaluate, which weights to evaluate and
-save (EMA), best / last / mid-epoch checkpoints, and the record of evaluations.
+save (EMA), best / last / mid-epoch checkpoints, the record of evaluations, and stopping at a
+signal (SIGINT / SIGTERM: finish the step, write a resumable last.pt, raise `TrainingStopped`).
 
     trainer = Trainer(ctx=ctx, train_loader=..., val_loader=..., postprocessor=..., evaluator=...,
                       logger=..., run_dir=run_dir, epochs=12, model_info={...})
@@ -7,16 +8,62 @@ save (EMA), best / last / mid-epoch checkpoints, and the record of evaluations.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
-from dataclasses import dataclass
+import signal
+import sys
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
-from fcosdet.distributed import is_main_process, unwrap
+from fcosdet.distributed import any_rank, is_main_process, unwrap
 from fcosdet.engine.checkpoint import rng_state
 from fcosdet.engine.logging import RunLogger
 from fcosdet.engine.loop import StepContext, TrainState, model_detect, run_evaluation, train_one_epoch
 from fcosdet.io.model_file import ModelFile
+
+
+def planned_iterations(iters_per_epoch: int, epochs: int, max_iters: int | None) -> int:
+    """Optimizer steps a run takes: epochs x batches per epoch, cut at max_iters."""
+    total = iters_per_epoch * epochs
+    return total if max_iters is None else min(total, max_iters)
+
+
+@dataclass
+class StopRequest:
+    """Set by `stop_on_signals` when SIGINT / SIGTERM arrives; the trainer reads it after every step."""
+    signal_name: str | None = None
+
+
+class TrainingStopped(Exception):
+    """Training stopped at a StopRequest after writing last.pt at `state` (resumable)."""
+
+    def __init__(self, state: TrainState, signal_name: str) -> None:
+        super().__init__(signal_name)
+        self.state, self.signal_name = state, signal_name
+
+
+@contextlib.contextmanager
+def stop_on_signals(request: StopRequest) -> Iterator[StopRequest]:
+    """While training: the first SIGINT or SIGTERM asks the trainer to stop after the current step
+    (a second SIGINT stops at once, as Ctrl-C does elsewhere); the handlers are restored after."""
+    def handle(signum: int, frame: Any) -> None:
+        request.signal_name = signal.Signals(signum).name
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # the second Ctrl-C: KeyboardInterrupt
+        if is_main_process():
+            print(f"fcosdet: {request.signal_name}: finishing this step and writing a checkpoint "
+                  f"(Ctrl-C again stops at once)", file=sys.stderr, flush=True)
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield request
+        return
+    previous = {s: signal.signal(s, handle) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield request
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 @dataclass(kw_only=True)
@@ -42,6 +89,7 @@ class Trainer:
     max_iters: int | None = None
     checkpoint_interval: int | None = None
     on_eval: Callable[[dict[str, Any]], None] | None = None
+    stop: StopRequest = field(default_factory=StopRequest)
 
     def fit(self, state: TrainState) -> TrainState:
         sampler = getattr(self.train_loader, "sampler", None)
@@ -58,20 +106,33 @@ class Trainer:
             done = state.epoch == self.epochs or self._budget_spent(state)
             best = self._validate(state) if self._evaluates(state, done) else False
             self.save(state, best=best)
+            if self._stop_requested():
+                raise TrainingStopped(state, self.stop.signal_name or "stop")
             if done:
                 break
         return state
 
+    def planned_iterations(self) -> int:
+        return planned_iterations(len(self.train_loader), self.epochs, self.max_iters)
+
     def _budget_spent(self, state: TrainState) -> bool:
         return self.max_iters is not None and state.iteration >= self.max_iters
+
+    def _stop_requested(self) -> bool:
+        return any_rank(self.stop.signal_name is not None, self.ctx.device)  # every worker stops at one step
 
     def _evaluates(self, state: TrainState, done: bool) -> bool:
         return self.val_loader is not None and (state.epoch % self.eval_interval == 0 or done)
 
     def _after_step(self, state: TrainState, last_batch: bool) -> None:
-        """Mid-epoch last.pt every `checkpoint_interval` iterations; the epoch's last batch
-        is saved after the evaluation instead."""
-        if self.checkpoint_interval and state.iteration % self.checkpoint_interval == 0 and not last_batch:
+        """Mid-epoch last.pt every `checkpoint_interval` iterations, and at a stop request; the
+        epoch's last batch is saved after the evaluation instead (and a stop follows that save)."""
+        if last_batch:
+            return
+        if self._stop_requested():
+            self.save(state, best=False)
+            raise TrainingStopped(state, self.stop.signal_name or "stop")
+        if self.checkpoint_interval and state.iteration % self.checkpoint_interval == 0:
             self.save(state, best=False)
 
     @property
@@ -108,9 +169,12 @@ class Trainer:
                          best_ap=state.best_ap, history=state.history, rng=rng_state(), **self.model_info)
 
     def save(self, state: TrainState, *, best: bool) -> None:
+        """last.pt (resumable); best.pt without the optimiser, schedule and RNG state (inference
+        and fine-tuning read it; a resume continues from last.pt)."""
         if not is_main_process():
             return
         ckpt = self.checkpoint(state)
         ckpt.save(self.run_dir / "last.pt")
         if best:
-            ckpt.save(self.run_dir / "best.pt")
+            dataclasses.replace(ckpt, raw_model=None, ema_updates=None, optimizer=None, scheduler=None,
+                                scaler=None, rng=None).save(self.run_dir / "best.pt")

@@ -1,10 +1,13 @@
 """Model files: a training checkpoint (`.pt`), an exported weights file (`.safetensors`:
-weights plus config and class names in its metadata) or an exported ONNX graph (`.onnx`:
-metadata only here; onnxruntime / OpenVINO run its graph).
+weights plus config and class names in its metadata), an exported ONNX graph (`.onnx`:
+metadata only here; onnxruntime / OpenVINO run its graph) or an exported torch.export program
+(`.pt2`: a zip archive; fcosdet reads its metadata entry and the safetensors copy of the
+weights that `fcosdet export --format program` adds, never the program itself).
 
-`ModelFile` is the one typed form of all three, and this module the only place that calls
+`ModelFile` is the one typed form of all four, and this module the only place that calls
 `torch.load`: always with `weights_only=True`, so a file holding anything but tensors and plain
 Python values (dict, list, tuple, str, int, float, bool, None) is refused and nothing in it runs.
+A `.pt2` is never given to `torch.export.load` (which unpickles with weights_only=False).
 Checkpoints are written atomically with the user's umask.
 """
 from __future__ import annotations
@@ -16,6 +19,7 @@ import json
 import os
 import pickle
 import secrets
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -25,14 +29,19 @@ import safetensors.torch
 import torch
 from safetensors import SafetensorError, safe_open
 from torch import Tensor
+from torch.export.pt2_archive.constants import EXTRA_DIR
 
 from fcosdet import __version__
 from fcosdet.errors import UserError
 
-MODEL_SUFFIXES = (".pt", ".pth", ".safetensors", ".onnx")
+MODEL_SUFFIXES = (".pt", ".pth", ".safetensors", ".onnx", ".pt2")
 META_PREFIX = "fcosdet."  # keys of the metadata that exported files carry (JSON values)
 # what an exported ONNX graph's metadata must hold for fcosdet to run it
 _ONNX_REQUIRED = ("class_names", "config", "normalize", "scale", "strides", "test")
+# a .pt2 program's extra file (torch.export.load(...) returns it in extra_files): JSON of encode_metadata(...)
+PROGRAM_METADATA = "fcosdet_metadata.json"
+# the safetensors copy of the network's weights inside a .pt2 archive, under its root folder
+PROGRAM_WEIGHTS = "fcosdet/weights.safetensors"
 
 
 # ----------------------------------------------------------------------------- foreign files
@@ -178,6 +187,45 @@ def _read_onnx(path: Path) -> dict[str, Any]:
     return read_onnx_metadata(props, path)
 
 
+def _program_entries(archive: zipfile.ZipFile) -> tuple[str | None, str | None]:
+    """The archive names of (fcosdet's metadata, fcosdet's weights) in a .pt2 zip; None when absent."""
+    names = archive.namelist()
+    root = names[0].split("/")[0] if names else ""  # torch.export puts every entry under one folder
+    found = set(names)
+    meta, weights = f"{root}/{EXTRA_DIR}{PROGRAM_METADATA}", f"{root}/{PROGRAM_WEIGHTS}"
+    return (meta if meta in found else None), (weights if weights in found else None)
+
+
+def _read_program(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """(tensors, decoded fcosdet.* metadata) of a `.pt2` written by `fcosdet export --format program`,
+    read with zipfile and safetensors: the program (pickles, graph) is never loaded."""
+    if not path.is_file():
+        raise UserError(f"program file {path} does not exist; check the path")
+    again = "export it again with `fcosdet export CHECKPOINT --format program`"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            meta_entry, weights_entry = _program_entries(archive)
+            if meta_entry is None:
+                raise UserError(f"{path} is not a torch.export program written by fcosdet (no {PROGRAM_METADATA} "
+                                f"entry); give a .pt2 from `fcosdet export CHECKPOINT --format program`")
+            if weights_entry is None:
+                raise UserError(f"{path} holds no safetensors copy of its weights (exported by an older "
+                                f"fcosdet); {again}")
+            meta = decode_metadata(json.loads(archive.read(meta_entry)))
+            blob = archive.read(weights_entry)
+    # ValueError / TypeError / AttributeError: a metadata entry that is not fcosdet's JSON
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, TypeError, AttributeError) as exc:
+        raise UserError(f"cannot read program file {path} ({error_line(exc)}); {again}") from None
+    try:
+        tensors = safetensors.torch.load(blob)
+    except SafetensorError as exc:
+        raise UserError(f"refusing {path}: its {PROGRAM_WEIGHTS} entry is not a safetensors file of plain "
+                        f"tensors ({error_line(exc)}); fcosdet loads nothing else from a .pt2: {again}") from None
+    if "config" not in meta or "class_names" not in meta:
+        raise UserError(f"{path} has no fcosdet config / class names in its {PROGRAM_METADATA}; {again}")
+    return tensors, meta
+
+
 # ----------------------------------------------------------------------------- the model file
 
 
@@ -214,11 +262,12 @@ class ModelFile:
 
     @classmethod
     def load(cls, path: str | Path) -> ModelFile:
-        """A `.pt` / `.pth` checkpoint, an exported `.safetensors` weights file, or an exported
-        `.onnx` graph (its metadata: `model` is empty, see `require_weights`)."""
+        """A `.pt` / `.pth` checkpoint, an exported `.safetensors` weights file or `.pt2` program
+        (its metadata and weights copy), or an exported `.onnx` graph (its metadata: `model` is
+        empty, see `require_weights`)."""
         path = Path(path)
-        if path.suffix == ".safetensors":
-            tensors, meta = _read_safetensors(path)
+        if path.suffix in (".safetensors", ".pt2"):
+            tensors, meta = (_read_safetensors if path.suffix == ".safetensors" else _read_program)(path)
             return cls.from_metadata(meta, model=tensors, path=path)
         if path.suffix == ".onnx":
             return cls.from_metadata(_read_onnx(path), model={}, path=path)
@@ -246,12 +295,13 @@ class ModelFile:
         """An error unless the file holds the network's weights (an ONNX graph's are inside its graph)."""
         if not self.model:
             raise UserError(f"{self.path} is an ONNX graph: it runs through Detector.from_file / fcosdet "
-                            f"predict, but holds no PyTorch weights; use the .pt or .safetensors file here")
+                            f"predict / eval, but holds no PyTorch weights; use the .pt, .safetensors or .pt2 "
+                            f"file here")
 
     # -- writing
 
     def metadata(self) -> dict[str, Any]:
-        """What an exported file (.safetensors, .onnx) records about the model, before `encode_metadata`."""
+        """What an exported file (.safetensors, .onnx, .pt2) records about the model, before `encode_metadata`."""
         return {"config": self.config, "class_names": self.class_names, "category_ids": self.category_ids,
                 "version": __version__}
 
@@ -274,4 +324,21 @@ class ModelFile:
             safetensors.torch.save_file(tensors, str(path), metadata=encode_metadata(self.metadata()))
         else:
             save_atomic(self.to_state(), path)
+        return path
+
+    def save_program(self, program: torch.export.ExportedProgram, path: str | Path, *,
+                     metadata: Mapping[str, Any] | None = None) -> Path:
+        """A torch.export program as `.pt2` (torch.export.save), with `metadata` (default
+        `metadata()`) as its extra file PROGRAM_METADATA and a safetensors copy of the weights at
+        PROGRAM_WEIGHTS: what `load` reads back without loading the program."""
+        path = Path(path)
+        extra = {PROGRAM_METADATA: json.dumps(encode_metadata(self.metadata() if metadata is None else metadata))}
+        buffer = io.BytesIO()
+        torch.export.save(program, buffer, extra_files=extra)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.model.items()}
+        with zipfile.ZipFile(buffer, "a") as archive:
+            root = archive.namelist()[0].split("/")[0]
+            archive.writestr(f"{root}/{PROGRAM_WEIGHTS}", safetensors.torch.save(tensors))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(buffer.getvalue())
         return path

@@ -3,9 +3,12 @@
     fcosdet import-weights torchvision-fcos COCO_V1 --out coco_fcos.pt       # downloads (online)
     fcosdet import-weights torchvision-fcos fcos_resnet50_fpn_coco.pth --out coco_fcos.pt
 
-The checkpoint carries the `torchvision_fcos_r50` preset (points at j*stride, ReLU distances x
-stride without Scale, centerness on the regression tower, sqrt(cls x ctr) > 0.2, NMS 0.6,
-100 per image) and only tensors and plain types (readable with torch.load(weights_only=True)).
+The checkpoint carries the `torchvision_fcos_r50` preset (torchvision's normalisation and resize,
+`data.resize=torchvision`: the normalised float image, bilinear without antialias; points at
+j*stride, ReLU distances x stride without Scale, centerness on the regression tower,
+sqrt(cls x ctr) > 0.2, NMS 0.6, 100 per image), so `fcosdet predict` on an image file gives what
+torchvision's model gives on that file read as float [0, 1], and only tensors and plain types
+(readable with torch.load(weights_only=True)).
 
 Labels: torchvision's classifier has 91 outputs, index = COCO category id, with 0 the
 background and 11 'N/A' ids no image uses. fcosdet keeps only the 80 real categories, in id
