@@ -1,4 +1,5 @@
-"""`fcosdet predict MODEL_FILE IMAGES...`: detections as COCO-style JSON and drawn images."""
+"""`fcosdet predict MODEL_FILE IMAGES...`: detections as COCO-style JSON and drawn images, and with
+`--save-format` as label files (COCO, YOLO, VOC, Label Studio, CVAT: `fcosdet.deploy.label_formats`)."""
 from __future__ import annotations
 
 import json
@@ -14,6 +15,12 @@ from fcosdet.cli.common import add_set_option, test_overrides
 from fcosdet.console import progress, say, warn
 from fcosdet.data.images import IMAGE_SUFFIXES, list_images, load_image
 from fcosdet.deploy.backends import ONNX_RUNTIMES, PRECISIONS
+from fcosdet.deploy.label_formats import (
+    SAVE_FORMATS,
+    label_set,
+    prepare_label_dirs,
+    write_label_formats,
+)
 from fcosdet.deploy.predictor import Detector
 from fcosdet.deploy.results import DRAW_THR, Results
 from fcosdet.errors import UserError
@@ -44,10 +51,16 @@ def add_parser(sub: Any) -> None:
                     help="what runs an .onnx file")
     pr.add_argument("--precision", choices=PRECISIONS, default="fp32",
                     help="bf16: bf16 autocast (opt-in: detections move slightly; fast only with native bf16)")
+    pr.add_argument("--save-format", nargs="+", choices=SAVE_FORMATS, default=[], metavar="FORMAT",
+                    help=f"also write the detections as label files under --out/FORMAT/ (several allowed: "
+                         f"{', '.join(SAVE_FORMATS)}), to correct in Label Studio or CVAT or to train on")
+    pr.add_argument("--save-conf", action="store_true",
+                    help="add each box's score to the --save-format files (YOLO's 6th column, an attribute "
+                         "elsewhere; off by default, so that the files stay readable as a dataset)")
     pr.set_defaults(func=lambda args: predict_files(
         args.checkpoint, args.sources, out_dir=args.out, score_thr=args.score_thr, draw_thr=args.draw_thr,
         device=args.device, batch_size=args.batch_size, precision=args.precision, onnx_runtime=args.onnx_runtime,
-        test_sets=args.set, classes=args.classes))
+        test_sets=args.set, classes=args.classes, save_formats=args.save_format, save_conf=args.save_conf))
 
 
 def collect_images(sources: list[str]) -> list[Path]:
@@ -137,13 +150,32 @@ def _say_undrawn(results: list[Results], draw_thr: float) -> None:
             f"{math.floor(best * 100) / 100:g}) to draw them")
 
 
+def _write_labels(results: list[Results], out_dir: Path, formats: list[str], *, root: Path, score_thr: float,
+                  save_conf: bool, checkpoint: Path) -> None:
+    """The --save-format files of the detections scoring >= score_thr, and one line saying where."""
+    labels = label_set(results, root=root, score_thr=score_thr, save_conf=save_conf,
+                       model_version=f"fcosdet {checkpoint.name}")
+    written = write_label_formats(labels, out_dir, formats)
+    boxes = sum(len(im.scores) for im in labels.images)
+    say(f"label files: {boxes} boxes (score >= {score_thr:g}) on {len(labels.images)} images, image paths relative "
+        f"to {root}: " + ", ".join(f"{fmt} -> {path}" for fmt, path in written.items()))
+    if labels.dropped:
+        say(f"left {labels.dropped} boxes under 1 px wide or high out of the label files")
+    if save_conf and "yolo" in written:
+        say("--save-conf: the YOLO files have a 6th column (the score), which dataset readers refuse; predict "
+            "again without --save-conf to train on them")
+
+
 def predict_files(checkpoint: Path, sources: list[str], *, out_dir: Path, score_thr: float | None = None,
                   draw_thr: float = DRAW_THR, batch_size: int = 4, device: str = "auto", precision: str = "fp32",
                   onnx_runtime: str = "onnxruntime", test_sets: list[str] = (),
-                  classes: list[str] | None = None) -> list[dict[str, Any]]:
-    """Detections of every image as COCO-style JSON (with file names) and drawn images;
-    returns what predictions.json holds."""
+                  classes: list[str] | None = None, save_formats: list[str] = (),
+                  save_conf: bool = False) -> list[dict[str, Any]]:
+    """Detections of every image as COCO-style JSON (with file names), drawn images and the
+    `save_formats` label files (`fcosdet.deploy.label_formats`); returns what predictions.json holds."""
     overrides = _settings(score_thr, draw_thr, batch_size, list(test_sets))
+    if save_conf and not save_formats:
+        raise UserError("--save-conf adds scores to label files: give --save-format too (e.g. --save-format yolo)")
     paths = collect_images(sources)
     outputs = dict(zip(paths, output_paths(paths, out_dir)))
     replaced = sum(o.exists() for o in [*outputs.values(), out_dir / "predictions.json"])
@@ -152,6 +184,7 @@ def predict_files(checkpoint: Path, sources: list[str], *, out_dir: Path, score_
     if classes is not None:
         det.labels_of(classes)  # unknown names: an error before any image is read
     out_dir.mkdir(parents=True, exist_ok=True)
+    root = prepare_label_dirs(out_dir, save_formats, paths=paths) if save_formats else None
     results, skipped = [], []
     chunks = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
     for chunk in progress(chunks, total=len(chunks), desc="predict", enabled=D.is_main_process()):
@@ -165,6 +198,9 @@ def predict_files(checkpoint: Path, sources: list[str], *, out_dir: Path, score_
     if skipped:
         warn(f"skipped {len(skipped)} of {len(paths)} images that cannot be decoded (first: {skipped[0]}); "
              f"replace or remove those files")
+    if root is not None:
+        _write_labels(results, out_dir, list(save_formats), root=root, score_thr=float(det.config.test.score_thr),
+                      save_conf=save_conf, checkpoint=checkpoint)  # --score-thr, else the model file's
     note = f"; replaced {replaced} files already there" if replaced else ""
     drawn = sum(int((r.scores >= draw_thr).sum()) for r in results)
     say(f"{len(coco)} detections on {len(results)} images ({drawn} drawn, score >= --draw-thr {draw_thr:g}) -> "
