@@ -106,10 +106,10 @@ class Trainer:
             done = state.epoch == self.epochs or self._budget_spent(state)
             best = self._validate(state) if self._evaluates(state, done) else False
             self.save(state, best=best)
-            if self._stop_requested():
-                raise TrainingStopped(state, self.stop.signal_name or "stop")
             if done:
                 break
+            if self._stop_requested():
+                raise TrainingStopped(state, self.stop.signal_name or "stop")
         return state
 
     def planned_iterations(self) -> int:
