@@ -28,6 +28,7 @@ from torch.utils.data import (
 from fcosdet.data.images import load_image
 from fcosdet.data.records import DatasetSplit
 from fcosdet.errors import UserError
+from fcosdet.model.points import SIZE_DIVISOR
 
 Transform = Callable[[Any, dict[str, Any]], tuple[torch.Tensor, dict[str, Any]]]
 
@@ -116,7 +117,7 @@ class Batch:
         return len(self.targets)
 
 
-def pad_images(images: Sequence[torch.Tensor], *, size_divisor: int = 32) -> torch.Tensor:
+def pad_images(images: Sequence[torch.Tensor], *, size_divisor: int = SIZE_DIVISOR) -> torch.Tensor:
     """Stack images (3, H_i, W_i) into (B, 3, Hp, Wp), zero-padded at the bottom / right so that
     Hp, Wp are the largest H_i, W_i rounded up to a multiple of `size_divisor`."""
     height = max(int(img.shape[-2]) for img in images)
@@ -132,7 +133,7 @@ def pad_images(images: Sequence[torch.Tensor], *, size_divisor: int = 32) -> tor
 
 
 def collate(batch: Sequence[tuple[torch.Tensor, dict[str, Any]] | LoadFailure], *,
-            size_divisor: int = 32) -> Batch | LoadFailure:
+            size_divisor: int = SIZE_DIVISOR) -> Batch | LoadFailure:
     """(image, target) pairs -> Batch; padding comes after normalisation, so pads are 0.
     A batch with an image that failed to load becomes that failure."""
     for item in batch:
@@ -202,7 +203,7 @@ class _Loader(DataLoader):
 
 def build_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, num_workers: int,
                  sampler: Sampler | None = None, drop_last: bool = False, seed: int = 0,
-                 size_divisor: int = 32) -> DataLoader:
+                 size_divisor: int = SIZE_DIVISOR) -> DataLoader:
     """DataLoader yielding `Batch`es; reproducible for a given `seed` (shuffle order and the
     per-worker RNGs of random augmentations). With a `sampler`, `shuffle` is ignored."""
     generator = torch.Generator()

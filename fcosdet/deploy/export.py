@@ -32,11 +32,11 @@ from fcosdet.deploy.build import InferenceParts
 from fcosdet.deploy.graph import DetectorGraph
 from fcosdet.errors import UserError
 from fcosdet.io.model_file import encode_metadata
+from fcosdet.model.points import SIZE_DIVISOR
 
 FORMATS = ("onnx", "program", "weights")
 SUFFIXES = {"onnx": ".onnx", "program": ".pt2", "weights": ".safetensors"}
 ALIASES = {"torchscript": "program"}  # old names still accepted, with a warning
-SIZE_DIVISOR = 32
 ONNX_OPSET = 18
 
 
