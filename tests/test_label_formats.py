@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from helpers import SPREAD_IDS, SPREAD_NAMES, SPREAD_TINY, spread_model
 from test_safety import SMALL, _one_error_line
 
 from fcosdet.cli.main import main
@@ -21,12 +21,8 @@ from fcosdet.cli.main import run as cli
 from fcosdet.data.layout import load_dataset_spec
 from fcosdet.deploy.label_formats import MIN_SIDE_PX
 from fcosdet.io.model_file import ModelFile
-from fcosdet.model.build import build_model
-from fcosdet.presets import load_config
 
-NAMES, IDS = ["WBC", "RBC", "Platelets"], [3, 5, 9]  # ids that are not label + 1
-TINY = ["model.depth=18", "model.fpn_channels=32", "model.feat_channels=32", "model.stacked_convs=1",
-        "data.scale=[224,160]", "data.multiscale_short=null", "test.max_per_img=12"]
+NAMES, IDS, TINY = SPREAD_NAMES, SPREAD_IDS, SPREAD_TINY
 IMAGES = {"bccd/BloodImage_00000.jpg": "bccd/images/BloodImage_00000.jpg",  # 640 x 480
           "bccd/BloodImage_00001.jpg": "bccd/images/BloodImage_00001.jpg",
           "coco/000000000036.jpg": "coco128/images/000000000036.jpg",  # 481 x 640
@@ -38,19 +34,7 @@ FORMATS = ["coco", "yolo", "voc", "labelstudio", "cvat"]
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory) -> Path:
-    """Random weights with biases that give boxes of a few strides and scores spread over (0, 1)."""
-    torch.manual_seed(0)
-    cfg = load_config("fcos_r18_cpu", TINY)
-    cfg.model.num_classes = len(NAMES)
-    model = build_model(cfg.model)
-    with torch.no_grad():
-        model.head.conv_cls.bias.fill_(-1.0)
-        model.head.conv_cls.weight.mul_(10.0)  # classes and scores vary from point to point
-        model.head.conv_reg.weight.mul_(3.0)
-        model.head.conv_reg.bias.uniform_(1.0, 3.0)
-    path = tmp_path_factory.mktemp("model") / "model.pt"
-    ModelFile(model=model.state_dict(), config=cfg.to_dict(), class_names=NAMES, category_ids=IDS).save(path)
-    return path
+    return spread_model(tmp_path_factory.mktemp("model") / "model.pt")
 
 
 @pytest.fixture(scope="module")
