@@ -11,6 +11,7 @@ from typing import Any
 
 from fcosdet import __version__, distributed
 from fcosdet.cli import data, demo, evaluate, export, import_weights, predict, train
+from fcosdet.cli import serve as serve_cli
 from fcosdet.errors import Interrupted, UserError
 
 
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         module.add_parser(sub)
     data.add_parsers(sub)
     import_weights.add_parser(sub)
+    serve_cli.add_parser(sub)
     p.set_defaults(subcommands=sub.choices)  # name -> parser, for errors in the sub-command's usage
     return p
 
