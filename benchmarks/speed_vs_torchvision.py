@@ -7,7 +7,11 @@ absolute times: this project's CPU swings 2x). Random weights on both sides.
 1. predict_r50: the whole predict path from a decoded RGB photo (uint8 H x W x 3: resize,
    normalise, network, decoding, NMS, rescale), batch 1, an 800 x 1216 photo: torchvision
    fcos_resnet50_fpn (91 classes) vs fcosdet fcos_r50_1x (80 classes) plain fp32, fast fp32
-   (BatchNorm folded, channels_last), bf16 autocast, onnxruntime and OpenVINO (the exported .onnx).
+   (BatchNorm folded, channels_last), bf16 autocast, onnxruntime and OpenVINO (the exported .onnx),
+   and int8: the OpenVINO IR quantised by NNCF and the ONNX graph quantised by onnxruntime (QDQ),
+   both calibrated on --int8-calib-images coco128 train images (random weights: a speed figure only;
+   `--no-int8` leaves them out). `--openvino-profile` adds OpenVINO's per-layer counters (PERF_COUNT)
+   of the fp32 and int8 IR: time per layer type and kernel (which layers run int8, reorders).
 2. predict_cpu: the same at the CPU preset's size: ResNet-18 GroupNorm FPN, width 128, short
    side 320 / long side <= 448, vs torchvision built the same way (benchmarks/bccd_vs_torchvision).
 3. train_r50: one training step (forward, loss, backward, SGD) at batch 2, 800 x 1216; fcosdet as
@@ -17,7 +21,8 @@ absolute times: this project's CPU swings 2x). Random weights on both sides.
    (plain and fast), next to this machine's rate on one large 3x3 convolution.
 
     python benchmarks/speed_vs_torchvision.py [--repeats 5] [--device cpu|cuda] [--quick] [--out FILE]
-        [--sections predict_cpu flops predict_r50 train_r50]
+        [--sections predict_cpu flops predict_r50 train_r50] [--contenders torchvision fcosdet_openvino ...]
+        [--no-int8] [--int8-calib-images 8] [--openvino-profile]
 
 --quick: a smoke test (128 x 192 images, 1 repeat, no ONNX export): to check the script runs. On a GPU
 (--device cuda) the figures are also given as images/s, "bf16" is AMP and ONNX is skipped.
@@ -42,6 +47,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 QUICK_HW = (128, 192)
 SECTIONS = ["predict_cpu", "flops", "predict_r50", "train_r50"]
 PHOTO = ROOT.parent / "shared" / "data" / "coco128" / "images" / "000000000009.jpg"
+CALIBRATION = ROOT.parent / "shared" / "data" / "coco128"  # int8 calibration images (its train split)
 
 
 def photo(height: int, width: int) -> np.ndarray:
@@ -135,15 +141,75 @@ def predict_section(args, folder: Path, device: torch.device, *, r50: bool) -> d
         for runtime in ("onnxruntime", "openvino"):  # the same exported file
             det = Detector.from_file(onnx_file, onnx_runtime=runtime)
             contenders[f"fcosdet_{runtime}"] = (lambda d: lambda: d.predict(image))(det)
+        if args.int8:
+            int8_files, int8_info = int8_exports(weights, onnx_file, calib_images=args.int8_calib_images)
+            for name, path in int8_files.items():
+                contenders[name] = (lambda d: lambda: d.predict(image))(Detector.from_file(path))
+    contenders = {k: v for k, v in contenders.items() if not args.contenders or k in args.contenders}
     seconds = race(contenders, repeats=args.repeats, device=device)
     result: dict[str, Any] = {"image_hw": list(size), "seconds": seconds,
                               "speedup_vs_torchvision": {k: seconds["torchvision"] / v for k, v in seconds.items()
                                                          if k != "torchvision"}}
-    if "fcosdet_onnxruntime" in contenders:
+    if not args.quick and device.type == "cpu":
         result["onnx_export_seconds"] = export_seconds
+        if args.int8:
+            result["int8"] = int8_info
+            if "fcosdet_openvino" in seconds and "fcosdet_openvino_int8" in seconds:
+                result["openvino_int8_vs_fp32"] = seconds["fcosdet_openvino"] / seconds["fcosdet_openvino_int8"]
+        if args.openvino_profile and args.int8:
+            result["openvino_profile"] = {name: openvino_profile(path, image, repeats=3) for name, path in
+                                          (("fp32", onnx_file), ("int8", int8_files["fcosdet_openvino_int8"]))}
     if device.type == "cuda":
         result["images_per_s"] = {k: 1.0 / v for k, v in seconds.items()}
     return result
+
+
+def int8_exports(weights: Path, onnx_file: Path, *, calib_images: int) -> tuple[dict[str, Path], dict[str, Any]]:
+    """The fp32 graph quantised by NNCF (an OpenVINO IR) and by onnxruntime (QDQ ONNX), calibrated on
+    `calib_images` coco128 train images: {contender: file}, {seconds and the files' int8 records}."""
+    from fcosdet.deploy.build import build_inference
+    from fcosdet.deploy.export import Int8Settings, export_model
+    from fcosdet.io.model_file import ModelFile
+    parts = build_inference(ModelFile.load(weights))
+    settings = Int8Settings(dataset=str(CALIBRATION), calib_images=calib_images)
+    files, info = {}, {"calib_images": calib_images, "calibration": str(CALIBRATION)}
+    for name, fmt, suffix in (("fcosdet_openvino_int8", "openvino", ".xml"),
+                              ("fcosdet_onnxruntime_int8", "onnx", ".onnx")):
+        start = time.perf_counter()
+        files[name] = export_model(parts, fmt, weights.with_name(f"{weights.stem}_int8{suffix}"), overwrite=True,
+                                   int8=settings, onnx_file=onnx_file)
+        info[f"{name}_export_seconds"] = time.perf_counter() - start
+    return files, info
+
+
+def openvino_profile(path: Path, image: np.ndarray, *, repeats: int) -> dict[str, Any]:
+    """OpenVINO's per-layer counters (PERF_COUNT) of one graph file on `image`, averaged over `repeats`
+    runs: seconds per layer type and per kernel ("..._I8" = int8, "..._FP32" = float), the share of
+    the convolution time that ran int8, and the reorders (layout / precision conversions)."""
+    import openvino as ov
+
+    from fcosdet.data.loader import pad_images
+    from fcosdet.deploy.backends import OPENVINO_CONFIG
+    from fcosdet.deploy.predictor import Detector
+    x, target = Detector.from_file(path, onnx_runtime="openvino")._prepare(image)  # (3, h, w)
+    feeds = {"images": pad_images([x]).numpy(), "image_sizes": np.asarray([target["img_size"]], np.int64)}
+    compiled = ov.Core().compile_model(str(path), "CPU", {**OPENVINO_CONFIG, "PERF_COUNT": "YES"})
+    request = compiled.create_infer_request()
+    by_type: dict[str, float] = {}
+    by_kernel: dict[str, float] = {}
+    for _ in range(repeats):
+        request.infer(feeds)
+        for layer in request.profiling_info:
+            seconds = layer.real_time.total_seconds() / repeats
+            by_type[layer.node_type] = by_type.get(layer.node_type, 0.0) + seconds
+            key = f"{layer.node_type}:{layer.exec_type}"
+            by_kernel[key] = by_kernel.get(key, 0.0) + seconds
+    conv = {k: v for k, v in by_kernel.items() if k.startswith("Convolution:")}
+    return {"total_layer_seconds": sum(by_type.values()),
+            "seconds_by_type": dict(sorted(by_type.items(), key=lambda kv: -kv[1])[:10]),
+            "top_kernels_seconds": dict(sorted(by_kernel.items(), key=lambda kv: -kv[1])[:12]),
+            "convolution_int8_share": sum(v for k, v in conv.items() if "I8" in k) / max(sum(conv.values()), 1e-12),
+            "reorder_seconds": by_type.get("Reorder", 0.0)}
 
 
 def train_section(args, device: torch.device) -> dict[str, Any]:
@@ -243,6 +309,13 @@ def main() -> None:
     p.add_argument("--out", type=Path, help="also write the JSON here")
     p.add_argument("--sections", nargs="+", default=SECTIONS, choices=SECTIONS,
                    help="which sections to run (default: all)")
+    p.add_argument("--contenders", nargs="+", default=None,
+                   help="predict sections: race only these (e.g. torchvision fcosdet_openvino fcosdet_openvino_int8)")
+    p.add_argument("--no-int8", dest="int8", action="store_false", help="leave out the int8 contenders")
+    p.add_argument("--int8-calib-images", type=int, default=8,
+                   help="coco128 train images calibrating the int8 graphs (random weights: speed only)")
+    p.add_argument("--openvino-profile", action="store_true",
+                   help="add OpenVINO's per-layer counters of the fp32 and int8 graphs to the predict sections")
     args = p.parse_args()
     if args.quick:
         args.repeats = 1

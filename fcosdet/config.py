@@ -43,6 +43,10 @@ class ModelConfig:
     dcn_on_last_conv: bool = False
     norm_on_bbox: bool = False
     centerness_on_reg: bool = False
+    # a stride-4 level for small objects: P2..P6 from C2..C5 (+ P6) instead of P3..P7, the head
+    # shared; strides / regress_ranges left at these defaults then take points.P2_STRIDES /
+    # P2_REGRESS_RANGES (fcosdet.model.build.network_levels)
+    p2: bool = False
     strides: tuple[int, ...] = STRIDES
     regress_ranges: tuple[tuple[float, float], ...] = REGRESS_RANGES
     center_sampling: bool = False
@@ -75,6 +79,16 @@ class DataConfig:
     # resize factor drawn from [lo, hi] then a crop back to the plain size; photometric distortion
     crop_scale: tuple[float, float] | None = None
     photometric_prob: float = 0.0
+    # training on tiles (fcosdet.data.tiles): a tile side in original pixels, cut around a random
+    # box before the resize (the tile is the training image: data.scale resizes it as sliced
+    # inference resizes each slice); tile_empty: the share of tiles placed where no box is kept
+    # (0.1: box-centred tiles already hold much background, and 9 in 10 steps stay on objects);
+    # tile_min_area: a box clipped by the tile stays when it keeps at least this fraction of its
+    # area (of the tile's, for a box larger than the tile): 0.5 keeps boxes that are mostly
+    # inside, drops fragments that would teach the model to detect parts of objects
+    tile: int | None = None
+    tile_empty: float = 0.1
+    tile_min_area: float = 0.5
     # caffe: BGR, 0-255, mean only (Detectron's mean); caffe_detectron2: the same with Detectron2's
     # mean (mmdetection's detectron2/resnet50_caffe models); pytorch: RGB, /255, ImageNet mean/std
     normalize: Literal["caffe", "caffe_detectron2", "pytorch"] = "caffe"

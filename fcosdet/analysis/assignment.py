@@ -28,11 +28,23 @@ from fcosdet.model.points import anchor_points, featmap_sizes, level_grids
 from fcosdet.model.targets import assign_targets_batch, centerness_target
 
 
-def resized_boxes(record: ImageRecord, transform: DetectionTransform) -> tuple[Tensor, Tensor, tuple[int, int]]:
-    """A record's boxes as the evaluation `transform` resizes them, without decoding the image:
-    boxes (G, 4) float32, labels (G,) and the resized (H, W). Crowd boxes and boxes thinner
-    than MIN_BOX_SIZE are dropped, as the dataset and transform drop them for training."""
-    height, width = transform.resized_size(record.height, record.width)
+def tile_scaled_size(height: int, width: int, transform: DetectionTransform, tile: int) -> tuple[int, int]:
+    """(H, W) of a whole (height, width) image scaled by the factors the `transform`'s resize
+    applies to a training tile of side `tile` cut from it (data.tile: min(tile, side) per axis):
+    the boxes then have the size tile training shows them at (positions on the grid aside)."""
+    th, tw = min(tile, height), min(tile, width)
+    rh, rw = transform.resized_size(th, tw)
+    return max(1, int(height * rh / th + 0.5)), max(1, int(width * rw / tw + 0.5))
+
+
+def resized_boxes(record: ImageRecord, transform: DetectionTransform, *,
+                  tile: int | None = None) -> tuple[Tensor, Tensor, tuple[int, int]]:
+    """A record's boxes as the evaluation `transform` resizes them (with `tile`, at the scale of
+    a training tile of that side: `tile_scaled_size`), without decoding the image: boxes (G, 4)
+    float32, labels (G,) and the resized (H, W). Crowd boxes and boxes thinner than
+    MIN_BOX_SIZE are dropped, as the dataset and transform drop them for training."""
+    height, width = (transform.resized_size(record.height, record.width) if tile is None
+                     else tile_scaled_size(record.height, record.width, transform, tile))
     boxes = torch.as_tensor(np.asarray(record.boxes, np.float32).reshape(-1, 4))  # (G, 4)
     labels = torch.as_tensor(np.asarray(record.labels, np.int64).reshape(-1))  # (G,)
     crowd = np.asarray(record.iscrowd, bool).reshape(-1)  # (G,) or (0,) when the reader gave none

@@ -35,8 +35,9 @@ def level_names(strides: Sequence[int]) -> list[str]:
 
 
 def assign_split(records: Sequence[ImageRecord], *, criterion: FCOSCriterion,
-                 transform: DetectionTransform) -> dict[str, Any]:
-    """Assignment statistics of every (non-crowd) box at the `transform`'s resize, assigned as
+                 transform: DetectionTransform, tile: int | None = None) -> dict[str, Any]:
+    """Assignment statistics of every (non-crowd) box at the `transform`'s resize (with `tile`, at
+    the scale of a training tile of that side: `assignment.tile_scaled_size`), assigned as
     `criterion` assigns it: per-level box counts (by majority level), boxes with no positive
     point (as (image path, box index) pairs), positives per box, and the sqrt(area) of each box
     at the training scale."""
@@ -45,7 +46,7 @@ def assign_split(records: Sequence[ImageRecord], *, criterion: FCOSCriterion,
     missing, positives, sizes = [], [], []
     for start in range(0, len(records), CHUNK):
         chunk = records[start:start + CHUNK]
-        resized = [resized_boxes(r, transform) for r in chunk]
+        resized = [resized_boxes(r, transform, tile=tile) for r in chunk]
         views = assign_images([b for b, _, _ in resized], [s for _, _, s in resized], criterion)
         for record, (boxes, _, _), view in zip(chunk, resized, views):
             counts = view.positives_per_box_level()  # (G, L)
@@ -76,18 +77,34 @@ def _candidates(criterion: FCOSCriterion) -> list[tuple[str, FCOSCriterion]]:
 
 
 def suggest(records: Sequence[ImageRecord], *, criterion: FCOSCriterion,
-            transform: DetectionTransform) -> list[dict[str, Any]]:
+            transform: DetectionTransform, tile: int | None = None) -> list[dict[str, Any]]:
     """The boxes without a positive point under each candidate setting, best first."""
-    tried = [{"set": text, "no_positive": len(assign_split(records, criterion=c, transform=transform)["missing"])}
+    tried = [{"set": text, "no_positive": len(assign_split(records, criterion=c, transform=transform,
+                                                           tile=tile)["missing"])}
              for text, c in _candidates(criterion)]
     return sorted(tried, key=lambda t: t["no_positive"])
 
 
+def compare_settings(records: Sequence[ImageRecord], settings: Sequence[tuple[str, FCOSCriterion, int | None]], *,
+                     transform: DetectionTransform) -> list[dict[str, Any]]:
+    """Boxes without a positive point under each (name, criterion, tile) setting: the level sets
+    with and without P2 (criteria `build_criterion` made), on whole images and at a tile size."""
+    out = []
+    for name, c, tile in settings:
+        levels = level_names(c.strides)
+        missing = assign_split(records, criterion=c, transform=transform, tile=tile)["missing"]
+        out.append({"setting": name, "levels": f"{levels[0]}..{levels[-1]}", "tile": tile, "no_positive": len(missing)})
+    return out
+
+
 def split_report(records: Sequence[ImageRecord], class_names: Sequence[str], *, criterion: FCOSCriterion,
-                 transform: DetectionTransform) -> dict[str, Any]:
+                 transform: DetectionTransform, tile: int | None = None,
+                 compare: Sequence[tuple[str, FCOSCriterion, int | None]] = ()) -> dict[str, Any]:
     """Everything the report says about one split, JSON-ready: the training `criterion`
     (`build_criterion(cfg.model)`) at the evaluation `transform`'s resize
-    (`build_transform(cfg, train=False)`)."""
+    (`build_transform(cfg, train=False)`), or at the scale of training tiles of side `tile`
+    (data.tile); `compare`: (name, criterion, tile) settings whose boxes without a positive
+    point are counted too (`compare_settings`)."""
     labels, areas = [], []
     for r in records:
         crowd = np.asarray(r.iscrowd, bool).reshape(-1)
@@ -101,7 +118,7 @@ def split_report(records: Sequence[ImageRecord], class_names: Sequence[str], *, 
     coco = {"small": int((areas_np < COCO_BOUNDS[0]).sum()),
             "medium": int(((areas_np >= COCO_BOUNDS[0]) & (areas_np < COCO_BOUNDS[1])).sum()),
             "large": int((areas_np >= COCO_BOUNDS[1]).sum())}
-    assigned = assign_split(records, criterion=criterion, transform=transform)
+    assigned = assign_split(records, criterion=criterion, transform=transform, tile=tile)
     hist, _ = np.histogram(assigned["sizes"], bins=SIZE_EDGES)
     names = level_names(criterion.strides)
     missing = len(assigned["missing"])
@@ -112,15 +129,17 @@ def split_report(records: Sequence[ImageRecord], class_names: Sequence[str], *, 
         "imbalance": float(present.max() / present.min()) if present.size else None,
         "coco_sizes": coco,
         "train_scale": [transform.max_long, transform.short],
+        "tile": tile,
         "train_scale_sizes": {_bin_name(a, b): int(n) for a, b, n in zip(SIZE_EDGES[:-1], SIZE_EDGES[1:], hist)},
         "levels": {n: int(c) for n, c in zip(names, assigned["per_level"])},
         "no_positive": missing,
         "no_positive_examples": [{"image": p, "box": g} for p, g in assigned["missing"][:20]],
         "mean_positives_per_box": float(np.mean(assigned["positives"])) if assigned["positives"] else 0.0,
         "suggestions": [],
+        "no_positive_compare": compare_settings(records, compare, transform=transform),
     }
     if report["boxes"] and missing > SUGGEST_SHARE * report["boxes"]:
-        report["suggestions"] = suggest(records, criterion=criterion, transform=transform)
+        report["suggestions"] = suggest(records, criterion=criterion, transform=transform, tile=tile)
     return report
 
 
@@ -130,6 +149,10 @@ def _bin_name(lo: float, hi: float) -> str:
 
 def _share(n: int, total: int) -> str:
     return f"{n} ({100.0 * n / total:.1f}%)" if total else str(n)
+
+
+def _where(tile: int | None) -> str:
+    return f"{tile}-px tiles" if tile else "whole images"
 
 
 def format_report(report: dict[str, Any], *, fmt: str, config: str) -> str:
@@ -145,11 +168,16 @@ def format_report(report: dict[str, Any], *, fmt: str, config: str) -> str:
              + (f"; {len(empty)} classes without boxes: {', '.join(empty[:8])})" if empty else ")"),
              "  COCO sizes (original pixels): " + ", ".join(f"{k} {_share(v, total)}"
                                                           for k, v in report["coco_sizes"].items()),
-             f"  sqrt(area) at training scale {tuple(report['train_scale'])}: "
+             f"  sqrt(area) at training scale {tuple(report['train_scale'])}"
+             + (f" on {report['tile']}-px tiles" if report.get("tile") else "") + ": "
              + ", ".join(f"{k}px {v}" for k, v in report["train_scale_sizes"].items() if v),
              f"  levels ({config}): " + ", ".join(f"{k} {_share(v, total)}" for k, v in report["levels"].items())
              + f"; no positive point: {_share(report['no_positive'], total)}; "
              f"{report['mean_positives_per_box']:.1f} positives per box"]
+    if report.get("no_positive_compare"):
+        lines.append("  no positive point by setting: " + "; ".join(
+            f"{c['setting']} ({c['levels']}, {_where(c['tile'])}) {_share(c['no_positive'], total)}"
+            for c in report["no_positive_compare"]))
     if report["suggestions"]:
         best = report["suggestions"][0]
         if best["no_positive"] < report["no_positive"]:

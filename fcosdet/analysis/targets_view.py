@@ -4,7 +4,10 @@ Dimensions: L levels, P points of one image, G boxes of one image, H x W a level
 Per image one figure: a panel per level with the image at the training resize, the anchor
 points (grey), the positive points coloured by their box and the centerness target as a heat
 map; a second row without center sampling when the config uses it. Plus a text summary:
-positives per box and level, and the boxes that get no positive point at all.
+positives per box and level, and the boxes that get no positive point at all (and how many
+get none under the `compare` settings: the level set with / without P2, at a tile size). With
+`tile` the image is shown and assigned at the scale a training tile of that side gets
+(`assignment.tile_scaled_size`).
 """
 from __future__ import annotations
 
@@ -44,10 +47,11 @@ class TargetsView:
     plain: ImageAssignment | None
 
 
-def compute_view(record: ImageRecord, criterion: FCOSCriterion, transform: DetectionTransform) -> TargetsView:
-    """One record at the `transform`'s resize, assigned as `criterion` assigns it (and without
-    center sampling when it samples)."""
-    boxes, labels, size = resized_boxes(record, transform)
+def compute_view(record: ImageRecord, criterion: FCOSCriterion, transform: DetectionTransform, *,
+                 tile: int | None = None) -> TargetsView:
+    """One record at the `transform`'s resize (or a `tile`'s scale), assigned as `criterion`
+    assigns it (and without center sampling when it samples)."""
+    boxes, labels, size = resized_boxes(record, transform, tile=tile)
     main = assign_images([boxes], [size], criterion)[0]
     plain = (assign_images([boxes], [size], replace(criterion, center_sampling=False))[0]
              if criterion.center_sampling else None)
@@ -75,6 +79,21 @@ def summary_text(view: TargetsView, class_names: Sequence[str], criterion: FCOSC
     lines.append(f"  boxes with no positive point: {len(missing)}"
                  + (" (" + ", ".join(str(g) for g in missing) + ")" if missing else ""))
     return "\n".join(lines)
+
+
+def compare_text(record: ImageRecord, settings: Sequence[tuple[str, FCOSCriterion, int | None]],
+                 transform: DetectionTransform) -> tuple[str, list[dict[str, Any]]]:
+    """For each (name, criterion, tile) setting, the boxes of `record` with no positive point:
+    one summary line and the counts as JSON-ready dicts."""
+    counts = []
+    for name, crit, tile in settings:
+        view = compute_view(record, crit, transform, tile=tile)
+        missing = int((view.main.positives_per_box_level().sum(dim=1) == 0).sum())
+        counts.append({"setting": name, "tile": tile, "no_positive": missing})
+    where = ["whole image" if c["tile"] is None else f"{c['tile']}-px tiles" for c in counts]
+    text = "  no positive point by setting: " + "; ".join(
+        f"{c['setting']} ({w}) {c['no_positive']}" for c, w in zip(counts, where))
+    return text, counts
 
 
 def _resized_pixels(record: ImageRecord, size: tuple[int, int]) -> torch.Tensor:
@@ -214,19 +233,26 @@ def draw_view(view: TargetsView, criterion: FCOSCriterion, out_png: Path, class_
 
 
 def show_targets(records: Sequence[ImageRecord], class_names: Sequence[str], *, criterion: FCOSCriterion,
-                 transform: DetectionTransform, out_dir: Path) -> list[dict[str, Any]]:
+                 transform: DetectionTransform, out_dir: Path, tile: int | None = None,
+                 compare: Sequence[tuple[str, FCOSCriterion, int | None]] = ()) -> list[dict[str, Any]]:
     """Figure + summary for each record, with the training `criterion` (`build_criterion`) at the
-    evaluation `transform`'s resize (`build_transform(cfg, train=False)`); returns per image
-    {image, png, summary, positives (G, L) list, no_positive}."""
+    evaluation `transform`'s resize (`build_transform(cfg, train=False)`) or a training `tile`'s
+    scale; returns per image {image, png, summary, positives (G, L) list, no_positive,
+    compare: [{setting, tile, no_positive}] for the `compare` settings}."""
     out_dir.mkdir(parents=True, exist_ok=True)
     results = []
     for record in records:
-        view = compute_view(record, criterion, transform)
+        view = compute_view(record, criterion, transform, tile=tile)
         png = draw_view(view, criterion, out_dir / f"{Path(record.path).stem}_targets.png", class_names)
         text = summary_text(view, class_names, criterion)
+        compared: list[dict[str, Any]] = []
+        if compare:
+            line, compared = compare_text(record, compare, transform)
+            text += "\n" + line
         (out_dir / f"{Path(record.path).stem}_targets.txt").write_text(text + "\n")
         counts = view.main.positives_per_box_level()  # (G, L)
         results.append({"image": record.path, "png": str(png), "summary": text,
                         "positives": counts.tolist(),
-                        "no_positive": [g for g in range(len(counts)) if counts[g].sum() == 0]})
+                        "no_positive": [g for g in range(len(counts)) if counts[g].sum() == 0],
+                        "compare": compared})
     return results

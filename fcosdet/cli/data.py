@@ -1,7 +1,10 @@
 """`fcosdet check-data DATASET` (decode, validate, report) and `fcosdet show-targets DATASET`
-(the points each box gets), both through the objects training builds from a config."""
+(the points each box gets), both through the objects training builds from a config. Both also
+count the boxes without a positive point with and without the P2 level (`--p2` or the config's
+model.p2) and at the scale of training tiles (`--tile SIZE` or data.tile)."""
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -13,13 +16,14 @@ from fcosdet.analysis.targets_view import show_targets as draw_targets
 from fcosdet.cli.common import CONFIG_SOURCES, add_set_option, config_from_source
 from fcosdet.config import Config
 from fcosdet.console import say
-from fcosdet.data.build import build_transform, require_images
+from fcosdet.data.build import build_tile_sampler, build_transform, require_images
 from fcosdet.data.images import verify_images
 from fcosdet.data.layout import detect_layout, load_dataset_spec
 from fcosdet.data.records import DatasetSplit
 from fcosdet.data.validate import summarize_problems
 from fcosdet.errors import UserError
 from fcosdet.model.build import build_criterion
+from fcosdet.model.points import REGRESS_RANGES, STRIDES
 
 
 def add_parsers(sub: Any) -> None:
@@ -30,11 +34,13 @@ def add_parsers(sub: Any) -> None:
     c.add_argument("--config", default="fcos_r50_1x", help=f"whose scale and assignment settings the report "
                    f"uses: {CONFIG_SOURCES}")
     add_set_option(c, "override a config field")
+    _add_level_options(c)
     c.add_argument("--draw", type=int, default=0, metavar="N", help="draw N images per split with their labels "
                    "(needs --out)")
     c.add_argument("--out", type=Path, help="write report.json, PNG plots and drawn images here")
     c.set_defaults(func=lambda args: check_data(args.dataset, args.splits, skip_invalid=args.skip_invalid,
-                                                config=args.config, sets=args.set, draw=args.draw, out_dir=args.out))
+                                                config=args.config, sets=_level_sets(args), draw=args.draw,
+                                                out_dir=args.out))
     st = sub.add_parser("show-targets", help="draw the points each box gets on each FPN level",
                         description="Per image, a figure with a panel per FPN level (image at the training "
                         "resize, anchor points, positive points coloured by box, centerness target) and a "
@@ -45,16 +51,46 @@ def add_parsers(sub: Any) -> None:
     st.add_argument("--images", type=int, default=4, help="how many images when none is named")
     st.add_argument("--config", default="fcos_r50_1x", help=f"whose assignment is drawn: {CONFIG_SOURCES}")
     add_set_option(st, "override a config field")
+    _add_level_options(st)
     st.add_argument("--split", default="train", help="the dataset split the images come from")
     st.add_argument("--out", type=Path, default=Path("runs/targets"), help="output folder")
     st.set_defaults(func=lambda args: show_targets(args.dataset, args.image_names, count=args.images,
-                                                   config=args.config, sets=args.set, split=args.split,
+                                                   config=args.config, sets=_level_sets(args), split=args.split,
                                                    out_dir=args.out))
 
 
+def _add_level_options(parser: Any) -> None:
+    parser.add_argument("--p2", action="store_true", help="assign with the P2 level (--set model.p2=true)")
+    parser.add_argument("--tile", type=int, metavar="SIZE", help="boxes at the scale of training tiles of this "
+                        "side (--set data.tile=SIZE)")
+
+
+def _level_sets(args: Any) -> list[str]:
+    """--set values with --p2 / --tile turned into the config keys they stand for."""
+    return list(args.set) + (["model.p2=true"] if args.p2 else []) + (
+        [f"data.tile={args.tile}"] if args.tile is not None else [])
+
+
+def _with_p2(cfg: Config, p2: bool) -> Config:
+    """The config with model.p2 = `p2`; switched, the levels go back to that level set's defaults."""
+    if cfg.model.p2 == p2:
+        return cfg
+    out = copy.deepcopy(cfg)
+    out.model.p2, out.model.strides, out.model.regress_ranges = p2, STRIDES, REGRESS_RANGES
+    return out
+
+
 def assignment_objects(cfg: Config) -> dict[str, Any]:
-    """What the analysis assigns with: the criterion and evaluation transform training builds."""
-    return {"criterion": build_criterion(cfg.model), "transform": build_transform(cfg, train=False)}
+    """What the analysis assigns with: the criterion and evaluation transform training builds, the
+    training tile side (data.tile), and the settings compared: model.p2 false / true (criteria of
+    `build_criterion`), on whole images and, with data.tile, at the tile's scale."""
+    sampler = build_tile_sampler(cfg)  # a UserError for a tile training could not use
+    tile = None if sampler is None else sampler.size
+    tiles = [None] + ([tile] if tile is not None else [])
+    compare = [(f"model.p2={str(p2).lower()}", build_criterion(_with_p2(cfg, p2).model), tile)
+               for tile in tiles for p2 in (False, True)]
+    return {"criterion": build_criterion(cfg.model), "transform": build_transform(cfg, train=False),
+            "tile": tile, "compare": compare}
 
 
 def _pick_records(data: DatasetSplit, images: list[str], count: int, where: str) -> list[Any]:
@@ -80,8 +116,9 @@ def show_targets(dataset: str, images: list[str], *, count: int, config: str, se
     data = load_dataset_spec(dataset, split)
     if not data.records:
         raise UserError(f"split '{split}' of {dataset} has no images; choose another --split")
+    where = f"the scale of {cfg.data.tile}-px training tiles" if cfg.data.tile else "the evaluation scale"
     if cfg.data.multiscale_short:
-        say(f"shown at the evaluation scale {tuple(cfg.data.scale)}; training also draws the short side "
+        say(f"shown at {where} {tuple(cfg.data.scale)}; training also draws the short side "
             f"from {tuple(cfg.data.multiscale_short)}, which moves boxes between levels")
     results = draw_targets(_pick_records(data, images, count, f"split '{split}' of {dataset}"),
                            data.class_names, out_dir=out_dir, **assignment_objects(cfg))

@@ -7,13 +7,16 @@ from typing import Any
 from fcosdet import distributed as D
 from fcosdet.analysis.diagnostics import write_diagnostics
 from fcosdet.cli.common import add_set_option, test_overrides
-from fcosdet.console import say
+from fcosdet.cli.predict import add_slice_options, slicing_from_args
+from fcosdet.console import progress, say
 from fcosdet.data.build import load_split, make_loader
 from fcosdet.deploy.backends import ONNX_RUNTIMES, PRECISIONS
 from fcosdet.deploy.predictor import Detector
+from fcosdet.deploy.slicing import Slicing
 from fcosdet.engine.evaluation.coco import CocoEvaluator, format_table, save_metrics
 from fcosdet.engine.loop import run_evaluation
 from fcosdet.errors import UserError
+from fcosdet.io.model_file import GRAPH_SUFFIXES
 
 
 def add_parser(sub: Any) -> None:
@@ -29,19 +32,24 @@ def add_parser(sub: Any) -> None:
     e.add_argument("--precision", choices=PRECISIONS, default="fp32", help="bf16: bf16 autocast (opt-in)")
     e.add_argument("--onnx-runtime", choices=ONNX_RUNTIMES, default="onnxruntime",
                    help="what runs an .onnx file")
+    add_slice_options(e)
     e.set_defaults(func=lambda args: evaluate_checkpoint(
         args.checkpoint, dataset=args.data, split=args.split, out_dir=args.out, batch_size=args.batch_size,
-        workers=args.workers, test_sets=args.set, precision=args.precision, onnx_runtime=args.onnx_runtime))
+        workers=args.workers, test_sets=args.set, precision=args.precision, onnx_runtime=args.onnx_runtime,
+        slicing=slicing_from_args(args)))
 
 
 def evaluate_checkpoint(checkpoint: Path, *, dataset: str | None, split: str, out_dir: Path | None,
                         batch_size: int = 2, workers: int = 2, test_sets: list[str] = (),
-                        precision: str = "fp32", onnx_runtime: str = "onnxruntime") -> dict[str, Any]:
-    """COCO metrics of a model file; `test_sets` ("test.nms_iou=0.6") change the test settings."""
+                        precision: str = "fp32", onnx_runtime: str = "onnxruntime",
+                        slicing: Slicing | None = None) -> dict[str, Any]:
+    """COCO metrics of a model file; `test_sets` ("test.nms_iou=0.6") change the test settings;
+    `slicing`: sliced inference (each image's tiles and full view, `batch_size` per pass)."""
     overrides = test_overrides(list(test_sets), command="eval")
     device = D.init_from_env("auto")
-    # .pt / .safetensors: BatchNorm folded (equal within float rounding); .onnx: onnxruntime or OpenVINO
-    det = Detector.from_file(checkpoint, device=str(device) if checkpoint.suffix != ".onnx" else "cpu",
+    # .pt / .safetensors: BatchNorm folded (equal within float rounding); .onnx: onnxruntime or OpenVINO;
+    # .xml (OpenVINO IR): OpenVINO. Graph files (fp32 or int8) run on the CPU.
+    det = Detector.from_file(checkpoint, device=str(device) if checkpoint.suffix not in GRAPH_SUFFIXES else "cpu",
                              test_overrides=overrides, precision=precision, onnx_runtime=onnx_runtime)
     cfg = det.config
     cfg.data.dataset = dataset or cfg.data.dataset
@@ -51,11 +59,31 @@ def evaluate_checkpoint(checkpoint: Path, *, dataset: str | None, split: str, ou
         raise UserError(f"the dataset's classes {data.class_names[:5]} differ from the checkpoint's "
                         f"{det.class_names[:5]}; evaluate on the dataset the model was trained for")
     evaluator = CocoEvaluator(records=data.records, class_names=data.class_names)
-    metrics = run_evaluation(detect=det.detect, loader=make_loader(cfg, data, train=False), evaluator=evaluator)
+    if slicing is None:
+        metrics = run_evaluation(detect=det.detect, loader=make_loader(cfg, data, train=False), evaluator=evaluator)
+    else:
+        metrics = evaluate_sliced(det, data.records, evaluator, slicing=slicing, batch_size=batch_size)
     say(format_table(metrics))
     if out_dir is not None and D.is_main_process():
         _write_results(evaluator, metrics, det, data, out_dir)
     return metrics
+
+
+def evaluate_sliced(det: Detector, records: list[Any], evaluator: CocoEvaluator, *, slicing: Slicing,
+                    batch_size: int) -> dict[str, Any]:
+    """Sliced detections of this worker's share of the records (every world_size-th), `batch_size`
+    images per `Detector.predict_batch` (their tiles `batch_size` per pass), boxes in the original
+    frame -> the evaluator's metrics."""
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+    mine = records[D.rank()::D.world_size()]
+    chunks = [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
+    evaluator.reset()
+    for chunk in progress(chunks, total=len(chunks), desc="eval (sliced)", enabled=D.is_main_process()):
+        results = det.predict_batch([r.path for r in chunk], slicing=slicing, batch_size=batch_size)
+        evaluator.process([{"image_id": r.image_id, "boxes": x.boxes, "scores": x.scores, "labels": x.labels}
+                           for r, x in zip(chunk, results)])
+    return evaluator.evaluate()
 
 
 def _write_results(evaluator: CocoEvaluator, metrics: dict[str, Any], det: Detector, data: Any,

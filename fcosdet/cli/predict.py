@@ -2,6 +2,7 @@
 `--save-format` as label files (COCO, YOLO, VOC, Label Studio, CVAT: `fcosdet.deploy.label_formats`)."""
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -23,8 +24,11 @@ from fcosdet.deploy.label_formats import (
 )
 from fcosdet.deploy.predictor import Detector
 from fcosdet.deploy.results import DRAW_THR, Results
+from fcosdet.deploy.slicing import DEFAULT_OVERLAP, IOS_THR, MERGES, SLICE_BATCH, Slicing, parse_slice_size
+from fcosdet.deploy.sources import Sources, find_sources
+from fcosdet.deploy.video import VideoReader, output_stem, predict_video
 from fcosdet.errors import UserError
-from fcosdet.io.model_file import MODEL_SUFFIXES
+from fcosdet.io.model_file import GRAPH_SUFFIXES, MODEL_SUFFIXES
 
 EXPORTED = [s for s in MODEL_SUFFIXES if s not in (".pt", ".pth")]  # what `fcosdet export` writes
 
@@ -33,7 +37,14 @@ def add_parser(sub: Any) -> None:
     pr = sub.add_parser("predict", help="detect objects in images or folders")
     pr.add_argument("checkpoint", type=Path,
                     help=f"the model file: a .pt checkpoint or an exported {', '.join(EXPORTED)} file")
-    pr.add_argument("sources", nargs="+", help="image files or folders")
+    pr.add_argument("sources", nargs="+",
+                    help="image files, folders, quoted globs (\"photos/*.jpg\"), video files (mp4 mov avi mkv "
+                         "webm), http(s) URLs of an image or video, rtsp:// streams or /dev/videoN devices")
+    pr.add_argument("--vid-stride", type=int, default=1, metavar="N",
+                    help="videos: keep every N-th frame (the annotated video runs at the input's fps / N)")
+    pr.add_argument("--track", action="store_true",
+                    help="videos: give each detection a track id across frames (ByteTrack), in the .jsonl and "
+                         "drawn as #id")
     pr.add_argument("--out", type=Path, default=Path("runs/predict"),
                     help="where predictions.json and the drawn images (*_det.*) go")
     pr.add_argument("--score-thr", type=float, default=None,
@@ -57,10 +68,42 @@ def add_parser(sub: Any) -> None:
     pr.add_argument("--save-conf", action="store_true",
                     help="add each box's score to the --save-format files (YOLO's 6th column, an attribute "
                          "elsewhere; off by default, so that the files stay readable as a dataset)")
-    pr.set_defaults(func=lambda args: predict_files(
+    add_slice_options(pr)
+    pr.set_defaults(func=lambda args: predict_sources(
         args.checkpoint, args.sources, out_dir=args.out, score_thr=args.score_thr, draw_thr=args.draw_thr,
         device=args.device, batch_size=args.batch_size, precision=args.precision, onnx_runtime=args.onnx_runtime,
-        test_sets=args.set, classes=args.classes, save_formats=args.save_format, save_conf=args.save_conf))
+        test_sets=args.set, classes=args.classes, save_formats=args.save_format, save_conf=args.save_conf,
+        vid_stride=args.vid_stride, track=args.track, slicing=slicing_from_args(args)))
+
+
+def add_slice_options(parser: Any) -> None:
+    """The sliced-inference flags of `predict` and `eval` (`fcosdet.deploy.slicing`)."""
+    parser.add_argument("--slice", metavar="SIZE", help="sliced inference for small objects: tiles of SIZE (or W,H) "
+                        "original pixels, each resized as the model's images are (pick it near the short side of the "
+                        "training scale), e.g. 512; --batch-size tiles go through the model at a time")
+    parser.add_argument("--slice-overlap", type=float, default=DEFAULT_OVERLAP, metavar="F",
+                        help="share of the tile side neighbouring tiles overlap")
+    parser.add_argument("--no-full-image", action="store_true",
+                        help="do not merge in the full-image pass (it keeps large objects whole)")
+    parser.add_argument("--slice-merge", choices=MERGES, default="nms",
+                        help="how the tiles' detections merge: class-aware NMS, or greedy merging on "
+                             "intersection over the smaller box (SAHI's default)")
+    parser.add_argument("--slice-merge-thr", type=float, default=None, metavar="T",
+                        help=f"the merge's threshold (default: test.nms_iou for nms, {IOS_THR:g} for ios)")
+
+
+def slicing_from_args(args: Any) -> Slicing | None:
+    """The --slice* flags as a Slicing (None without --slice; the other flags alone are an error)."""
+    if args.slice is None:
+        given = [flag for flag, used in (("--slice-overlap", args.slice_overlap != DEFAULT_OVERLAP),
+                                         ("--no-full-image", args.no_full_image),
+                                         ("--slice-merge", args.slice_merge != "nms"),
+                                         ("--slice-merge-thr", args.slice_merge_thr is not None)) if used]
+        if given:
+            raise UserError(f"{', '.join(given)}: sliced inference only; give --slice SIZE too, e.g. --slice 512")
+        return None
+    return Slicing(size=parse_slice_size(args.slice), overlap=args.slice_overlap, full_image=not args.no_full_image,
+                   merge=args.slice_merge, merge_thr=args.slice_merge_thr)
 
 
 def collect_images(sources: list[str]) -> list[Path]:
@@ -91,12 +134,12 @@ def output_paths(paths: list[Path], out_dir: Path) -> list[Path]:
     return outs
 
 
-def _predict_chunk(det: Detector, chunk: list[Path], skipped: list[Path], *,
-                   classes: list[str] | None) -> list[tuple[Path, Results]]:
-    """Detections of a chunk of images; the images that cannot be decoded are left out and
-    added to `skipped` (any other error stops as before)."""
+def _predict_chunk(det: Detector, chunk: list[Path], skipped: list[Path], *, classes: list[str] | None,
+                   slicing: Slicing | None = None, batch_size: int = SLICE_BATCH) -> list[tuple[Path, Results]]:
+    """Detections of a chunk of images (`slicing`: their tiles `batch_size` per pass); the images
+    that cannot be decoded are left out and added to `skipped` (any other error stops as before)."""
     try:
-        return list(zip(chunk, det.predict_batch(chunk, classes=classes)))
+        return list(zip(chunk, det.predict_batch(chunk, classes=classes, slicing=slicing, batch_size=batch_size)))
     except UserError:
         bad = []
         for path in chunk:
@@ -108,13 +151,14 @@ def _predict_chunk(det: Detector, chunk: list[Path], skipped: list[Path], *,
             raise
         skipped.extend(bad)
         good = [p for p in chunk if p not in bad]
-        return list(zip(good, det.predict_batch(good, classes=classes))) if good else []
+        return list(zip(good, det.predict_batch(good, classes=classes, slicing=slicing,
+                                                batch_size=batch_size))) if good else []
 
 
 def _open_detector(checkpoint: Path, *, device: str, overrides: dict[str, Any], precision: str,
                    onnx_runtime: str) -> Detector:
     if device == "auto":  # cuda when available; an .onnx file runs on the cpu
-        device = "cuda" if torch.cuda.is_available() and checkpoint.suffix != ".onnx" else "cpu"
+        device = "cuda" if torch.cuda.is_available() and checkpoint.suffix not in GRAPH_SUFFIXES else "cpu"
     det = Detector.from_file(checkpoint, device=device, test_overrides=overrides, precision=precision,
                              onnx_runtime=onnx_runtime)
     if not det.category_ids_saved:
@@ -170,9 +214,10 @@ def predict_files(checkpoint: Path, sources: list[str], *, out_dir: Path, score_
                   draw_thr: float = DRAW_THR, batch_size: int = 4, device: str = "auto", precision: str = "fp32",
                   onnx_runtime: str = "onnxruntime", test_sets: list[str] = (),
                   classes: list[str] | None = None, save_formats: list[str] = (),
-                  save_conf: bool = False) -> list[dict[str, Any]]:
+                  save_conf: bool = False, slicing: Slicing | None = None) -> list[dict[str, Any]]:
     """Detections of every image as COCO-style JSON (with file names), drawn images and the
-    `save_formats` label files (`fcosdet.deploy.label_formats`); returns what predictions.json holds."""
+    `save_formats` label files (`fcosdet.deploy.label_formats`); returns what predictions.json holds.
+    `slicing`: sliced inference (the tiles of each chunk of `batch_size` images, `batch_size` per pass)."""
     overrides = _settings(score_thr, draw_thr, batch_size, list(test_sets))
     if save_conf and not save_formats:
         raise UserError("--save-conf adds scores to label files: give --save-format too (e.g. --save-format yolo)")
@@ -188,7 +233,7 @@ def predict_files(checkpoint: Path, sources: list[str], *, out_dir: Path, score_
     results, skipped = [], []
     chunks = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
     for chunk in progress(chunks, total=len(chunks), desc="predict", enabled=D.is_main_process()):
-        for path, r in _predict_chunk(det, chunk, skipped, classes=classes):
+        for path, r in _predict_chunk(det, chunk, skipped, classes=classes, slicing=slicing, batch_size=batch_size):
             results.append(r)
             r.save(outputs[path], score_thr=draw_thr)
     coco = [d for r in results for d in r.to_coco()]
@@ -207,3 +252,74 @@ def predict_files(checkpoint: Path, sources: list[str], *, out_dir: Path, score_
         f"{out_dir / 'predictions.json'} and the drawn images (*_det.*) under {out_dir}{note}")
     _say_undrawn(results, draw_thr)
     return coco
+
+
+# ----------------------------------------------------------------------------- videos, streams, URLs, globs
+
+
+def predict_sources(checkpoint: Path, sources: list[str], *, vid_stride: int = 1, track: bool = False,
+                    **options: Any) -> list[dict[str, Any]]:
+    """Any sources (`fcosdet.deploy.sources.find_sources`): the images (files, folders, globs,
+    downloaded URLs) through `predict_files` with `options` (its keyword arguments), each video
+    or stream through `fcosdet.deploy.video.predict_video`; returns what predictions.json holds."""
+    args = inspect.signature(predict_files).bind(checkpoint, sources, **options)
+    args.apply_defaults()
+    a = args.arguments
+    _settings(a["score_thr"], a["draw_thr"], a["batch_size"], list(a["test_sets"]))  # flag errors before downloads
+    if vid_stride < 1:
+        raise UserError(f"--vid-stride must be at least 1, got {vid_stride}")
+    found = find_sources(sources)
+    try:
+        if found.videos:
+            _video_flags_apply(found, a)
+            _predict_videos(checkpoint, found, a, vid_stride=vid_stride, track=track)
+        elif track or vid_stride != 1:
+            raise UserError(f"--track / --vid-stride work on videos; {', '.join(sources)} holds only images")
+        if not found.images:
+            return []
+        if found.names and a["save_formats"]:
+            raise UserError("--save-format writes label files that point at the image files: download the URL "
+                            "images first and predict on the files")
+        coco = predict_files(checkpoint, [str(p) for p in found.images], **{k: a[k] for k in options})
+        if found.names:  # downloaded images: predictions.json names the URLs, not the temporary files
+            coco = [{**d, "file_name": found.names.get(d.get("file_name"), d.get("file_name"))} for d in coco]
+            (a["out_dir"] / "predictions.json").write_text(json.dumps(coco))
+        return coco
+    finally:
+        found.cleanup()
+
+
+def _video_flags_apply(found: Sources, a: dict[str, Any]) -> None:
+    """An error for the flags that do not apply to videos, and for two videos with one output name."""
+    if a.get("slicing") is not None:
+        raise UserError("--slice works on images; predict the videos without it, or their frames as image files")
+    if a["save_formats"]:
+        raise UserError("--save-format writes label files for images; a video's detections go to its .jsonl "
+                        "(one line per frame): predict the videos and the images in two commands")
+    stems = [output_stem(v) for v in found.videos]
+    twice = sorted({s for s in stems if stems.count(s) > 1})
+    if twice:
+        raise UserError(f"two videos would be written to the same {twice[0]}_det / {twice[0]}.jsonl under "
+                        f"{a['out_dir']}; predict them with different --out folders")
+
+
+def _predict_videos(checkpoint: Path, found: Sources, a: dict[str, Any], *, vid_stride: int, track: bool) -> None:
+    overrides = _settings(a["score_thr"], a["draw_thr"], a["batch_size"], list(a["test_sets"]))
+    det = None
+    for video in found.videos:
+        name = found.display_name(video)
+        reader = VideoReader(video, vid_stride=vid_stride, name=name)  # a missing device: an error before the model loads
+        if det is None:
+            det = _open_detector(checkpoint, device=a["device"], overrides=overrides, precision=a["precision"],
+                                 onnx_runtime=a["onnx_runtime"])
+            if a["classes"] is not None:
+                det.labels_of(a["classes"])
+        out = predict_video(det, reader, out_dir=a["out_dir"], name=name, batch_size=a["batch_size"],
+                            vid_stride=vid_stride, track=track, classes=a["classes"], draw_thr=a["draw_thr"])
+        if out.fault:
+            warn(out.fault)
+        every = "every frame" if vid_stride == 1 else f"1 in {vid_stride}"
+        tracked = ", tracked (ByteTrack)" if track else ""
+        say(f"{name}: {out.frames} frames ({every} of {out.decoded}) at {float(out.fps):g} fps, {out.detections} "
+            f"detections{tracked} -> {out.video} ({out.codec}) and {out.jsonl}"
+            + ("; stopped with Ctrl-C, both files are complete" if out.interrupted else ""))

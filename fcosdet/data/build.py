@@ -17,6 +17,7 @@ from fcosdet.data.images import verify_images
 from fcosdet.data.layout import load_dataset_spec
 from fcosdet.data.loader import DetectionDataset, EpochSampler, build_loader
 from fcosdet.data.records import DatasetSplit
+from fcosdet.data.tiles import TileSampler
 from fcosdet.data.transforms import DetectionTransform, build_transforms
 from fcosdet.data.validate import MissingSplitError, summarize_problems
 from fcosdet.errors import UserError
@@ -79,7 +80,16 @@ def build_transform(cfg: Config, *, train: bool) -> DetectionTransform:
     d = cfg.data
     return build_transforms(train=train, scale=d.scale, multiscale_short=d.multiscale_short,
                             flip_prob=d.flip_prob, normalize=d.normalize, crop_scale=d.crop_scale,
-                            photometric_prob=d.photometric_prob, resize=d.resize)
+                            photometric_prob=d.photometric_prob, resize=d.resize,
+                            tile=build_tile_sampler(cfg) if train else None)
+
+
+def build_tile_sampler(cfg: Config) -> TileSampler | None:
+    """data.tile / tile_empty / tile_min_area -> the training tile sampler (None: whole images)."""
+    d = cfg.data
+    if d.tile is None:
+        return None
+    return TileSampler(size=d.tile, empty_prob=d.tile_empty, min_area=d.tile_min_area)
 
 
 def make_loader(cfg: Config, data: DatasetSplit, *, train: bool) -> Any:

@@ -35,6 +35,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from fcosdet.data.tiles import TileSampler, clip_to_window
 from fcosdet.errors import UserError
 
 CAFFE_MEAN_BGR = (102.9801, 115.9465, 122.7717)  # per BGR channel, pixel range 0..255, std 1
@@ -108,6 +109,12 @@ class DetectionTransform:
     8-bit image, then normalises; "torchvision" follows torchvision's order: photometric
     distortion on the decoded image, normalisation, then the float resize, crop and flip.
 
+    Tiles (`tile`, a `fcosdet.data.tiles.TileSampler`, training only): first of all, a window of
+    the original image is cut out and its boxes clipped (those below the sampler's min_area are
+    dropped with their labels); the tile is then the image every later step sees, `orig_size`
+    is the tile's size and `tile` (top, left, height, width) where it lay. Without a tile no
+    random draw changes (the default path is the one it always was).
+
     Called as transform(image PIL RGB, target) -> (image (3, H, W) float32, target); target
     holds boxes (G, 4) x1y1x2y2 and labels (G,) (tensors or arrays), optionally iscrowd (G,);
     other keys pass through unchanged.
@@ -116,7 +123,8 @@ class DetectionTransform:
     def __init__(self, *, train: bool, scale: Sequence[int] = (1333, 800),
                  multiscale_short: Sequence[int] | None = None, flip_prob: float = 0.5,
                  normalize: str = "caffe", crop_scale: Sequence[float] | None = None,
-                 photometric_prob: float = 0.0, resize: str = "antialias_uint8") -> None:
+                 photometric_prob: float = 0.0, resize: str = "antialias_uint8",
+                 tile: TileSampler | None = None) -> None:
         if resize not in RESIZE_MODES:
             raise UserError(f"Unknown resize {resize!r}; use one of {RESIZE_MODES}.")
         if crop_scale is not None and (len(crop_scale) != 2 or not 0 < crop_scale[0] <= crop_scale[1]):
@@ -139,11 +147,17 @@ class DetectionTransform:
         self.resize = resize
         self.crop_scale = tuple(float(f) for f in crop_scale) if train and crop_scale is not None else None
         self.photometric = v2.RandomPhotometricDistort(p=photometric_prob) if train and photometric_prob > 0 else None
+        if tile is not None and crop_scale is not None:
+            raise UserError(f"data.tile={tile.size} and data.crop_scale={list(crop_scale)} both crop: the "
+                            f"scale-jitter window could cut away the box the tile was placed around; set "
+                            f"--set data.crop_scale=null (data.multiscale_short still jitters the tile's scale)")
+        self.tile = tile if train else None
 
     def __repr__(self) -> str:
         return (f"DetectionTransform(train={self.train}, max_long={self.max_long}, "
                 f"short_choices={self.short_choices}, flip_prob={self.flip_prob}, "
-                f"normalize={self.normalize!r}, resize={self.resize!r}, crop_scale={self.crop_scale}, photometric={self.photometric})")
+                f"normalize={self.normalize!r}, resize={self.resize!r}, crop_scale={self.crop_scale}, photometric={self.photometric}, "
+                f"tile={self.tile})")
 
     def _pick_short(self) -> int:
         if len(self.short_choices) == 1:
@@ -162,6 +176,9 @@ class DetectionTransform:
         boxes = tv_tensors.BoundingBoxes(
             torch.as_tensor(np.asarray(target["boxes"]), dtype=torch.float32).reshape(-1, 4),  # (G, 4)
             format=tv_tensors.BoundingBoxFormat.XYXY, canvas_size=(height0, width0))
+        if self.tile is not None:
+            pixels, boxes, target = self._cut_tile(pixels, boxes, target)  # (3, h, w), (K, 4)
+            height0, width0 = pixels.shape[-2:]
         if self.resize == "torchvision":  # torchvision's order: distort, normalise, then resize the floats
             if self.photometric is not None:
                 pixels = self.photometric(pixels)  # (3, H0, W0) uint8, boxes unchanged
@@ -176,6 +193,25 @@ class DetectionTransform:
             out = normalize_image(pixels.as_subclass(torch.Tensor), self.normalize)  # (3, H, W) float32
         return out, self._finish_target(target, boxes.as_subclass(torch.Tensor), orig_size=(height0, width0),
                                         img_size=(height, width))
+
+    def _cut_tile(self, pixels: tv_tensors.Image, boxes: tv_tensors.BoundingBoxes, target: dict[str, Any],
+                  ) -> tuple[tv_tensors.Image, tv_tensors.BoundingBoxes, dict[str, Any]]:
+        """(3, H0, W0) uint8 -> the tile (3, h, w); boxes (G, 4) -> (K, 4) in the tile's frame; the
+        target's labels (and iscrowd) filtered alike, `tile` (top, left, height, width) added."""
+        plain = boxes.as_subclass(torch.Tensor)  # (G, 4)
+        window = self.tile.window(plain, int(pixels.shape[-2]), int(pixels.shape[-1]))
+        kept, keep = clip_to_window(plain, window, min_area=self.tile.min_area)  # (K, 4), (G,)
+        out = dict(target)
+        mask = keep.numpy()
+        out["labels"] = np.asarray(target["labels"], np.int64).reshape(-1)[mask]  # (K,)
+        if "iscrowd" in target:
+            out["iscrowd"] = np.asarray(target["iscrowd"], bool).reshape(-1)[mask]  # (K,)
+        out["tile"] = (window.top, window.left, window.height, window.width)
+        tile_pixels = tv_tensors.Image(TF.crop(pixels.as_subclass(torch.Tensor), window.top, window.left,
+                                               window.height, window.width))  # (3, h, w)
+        tile_boxes = tv_tensors.BoundingBoxes(kept, format=tv_tensors.BoundingBoxFormat.XYXY,
+                                              canvas_size=(window.height, window.width))  # (K, 4)
+        return tile_pixels, tile_boxes, out
 
     def _resize_crop_flip(self, pixels: tv_tensors.Image, boxes: tv_tensors.BoundingBoxes,
                           ) -> tuple[tv_tensors.Image, tv_tensors.BoundingBoxes]:
@@ -233,7 +269,8 @@ def crop(pixels: tv_tensors.Image, boxes: tv_tensors.BoundingBoxes, *, top: int,
 def build_transforms(*, train: bool, scale: Sequence[int] = (1333, 800),
                      multiscale_short: Sequence[int] | None = None, flip_prob: float = 0.5,
                      normalize: str = "caffe", crop_scale: Sequence[float] | None = None,
-                     photometric_prob: float = 0.0, resize: str = "antialias_uint8") -> DetectionTransform:
+                     photometric_prob: float = 0.0, resize: str = "antialias_uint8",
+                     tile: TileSampler | None = None) -> DetectionTransform:
     """The transform for training (`train=True`: random short side from `multiscale_short`,
     flip with `flip_prob`) or evaluation (fixed `scale`, no flip).
 
@@ -243,7 +280,8 @@ def build_transforms(*, train: bool, scale: Sequence[int] = (1333, 800),
     mean, for Caffe-style backbones), 'caffe_detectron2' (the same with Detectron2's mean) or
     'pytorch' (RGB, /255, ImageNet mean/std). `resize`: 'antialias_uint8' (fcosdet's) or
     'torchvision' (torchvision's detection models', for imported torchvision weights).
+    `tile`: train on tiles (`fcosdet.data.tiles`), cut before everything else.
     """
     return DetectionTransform(train=train, scale=scale, multiscale_short=multiscale_short,
                               flip_prob=flip_prob, normalize=normalize, crop_scale=crop_scale,
-                              photometric_prob=photometric_prob, resize=resize)
+                              photometric_prob=photometric_prob, resize=resize, tile=tile)

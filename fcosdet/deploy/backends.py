@@ -1,5 +1,5 @@
 """Inference backends behind `Detector`: the PyTorch graph, and onnxruntime or OpenVINO on an
-exported `.onnx`; one call signature.
+exported `.onnx`, or OpenVINO on an exported IR (`.xml`), fp32 or int8; one call signature.
 
 Dimensions: B images, D detections of the batch. Each backend maps a normalised, padded batch
 images (B, 3, Hp, Wp) float32 and the valid image_sizes (B, 2) int64 (h, w) to `Detections`
@@ -8,7 +8,7 @@ images (B, 3, Hp, Wp) float32 and the valid image_sizes (B, 2) int64 (h, w) to `
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import onnx
@@ -19,7 +19,7 @@ from torch import Tensor
 
 from fcosdet.deploy.graph import DetectorGraph
 from fcosdet.errors import UserError
-from fcosdet.io.model_file import ModelFile, read_onnx_metadata
+from fcosdet.io.model_file import ModelFile, read_ir, read_onnx_metadata
 from fcosdet.model.postprocess import Detections
 
 PRECISIONS = ("fp32", "bf16")
@@ -53,19 +53,24 @@ ONNX_RUNTIMES = ("onnxruntime", "openvino")
 
 class OnnxBackend:
     """An exported `.onnx` detector run on the CPU by onnxruntime or OpenVINO (the same file; OpenVINO
-    was 1.4-2.2x faster on this project's CPU with equal outputs). `score_thr` may raise the graph's
+    was 1.4-2.2x faster on this project's CPU with equal outputs), or an OpenVINO IR (`.xml`: always
+    OpenVINO). fp32 or int8 alike: `metadata["quantization"]` says how an int8 file was calibrated.
+    `score_thr` may raise the graph's
     own threshold: dropping the detections at or below it afterwards is exact, since a box can
     only be suppressed by a higher-scoring one and max_per_img keeps the highest scores."""
 
     def __init__(self, path: Path, *, score_thr: float | None = None, runtime: str = "onnxruntime") -> None:
         if runtime not in ONNX_RUNTIMES:
             raise UserError(f"the ONNX runtime must be one of {', '.join(ONNX_RUNTIMES)}, got {runtime!r}")
-        try:
-            self._run, props = (_open_openvino if runtime == "openvino" else _open_onnxruntime)(path)
-        except Exception as exc:  # noqa: BLE001 - any load failure means a bad file for the user
-            raise UserError(f"cannot load ONNX file {path} with {runtime} ({type(exc).__name__}: {exc}); "
-                            f"export it again with `fcosdet export CHECKPOINT --format onnx`") from None
-        self.metadata = read_onnx_metadata(props, path)  # decoded fcosdet.* entries: test settings, scale, ...
+        if path.suffix == ".xml":
+            self._run, self.metadata = _open_ir(path)
+        else:
+            try:
+                self._run, props = (_open_openvino if runtime == "openvino" else _open_onnxruntime)(path)
+            except Exception as exc:  # noqa: BLE001 - any load failure means a bad file for the user
+                raise UserError(f"cannot load ONNX file {path} with {runtime} ({type(exc).__name__}: {exc}); "
+                                f"export it again with `fcosdet export CHECKPOINT --format onnx`") from None
+            self.metadata = read_onnx_metadata(props, path)  # decoded fcosdet.* entries: test settings, scale, ...
         self.model_file = ModelFile.from_metadata(self.metadata, model={}, path=path)  # no weights: in the graph
         self.device = torch.device("cpu")
         baked = float(self.metadata["test"]["score_thr"])
@@ -92,12 +97,29 @@ def _open_onnxruntime(path: Path) -> tuple[RunGraph, dict[str, str]]:
     return (lambda feeds: session.run(None, feeds)), session.get_modelmeta().custom_metadata_map
 
 
-def _open_openvino(path: Path) -> tuple[RunGraph, dict[str, str]]:
-    # f32: on CPUs with bf16 / AMX OpenVINO would otherwise pick bf16 and the detections would move
-    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+# f32: on CPUs with bf16 / AMX OpenVINO would otherwise run the float layers in bf16 and the
+# detections would move (an int8 graph's quantised convolutions stay int8)
+OPENVINO_CONFIG = {"INFERENCE_PRECISION_HINT": "f32"}
 
+
+def openvino_runner(compiled: ov.CompiledModel) -> RunGraph:
     def run(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         result = compiled(feeds)
         return [result[output] for output in compiled.outputs]
-    return run, props
+    return run
+
+
+def _open_openvino(path: Path) -> tuple[RunGraph, dict[str, str]]:
+    compiled = ov.Core().compile_model(str(path), "CPU", OPENVINO_CONFIG)
+    return openvino_runner(compiled), {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+
+
+def _open_ir(path: Path) -> tuple[RunGraph, dict[str, Any]]:
+    """An OpenVINO IR -> (runner, decoded metadata); read once (ModelFile.load reads it the same way)."""
+    model, meta = read_ir(path)
+    try:
+        compiled = ov.Core().compile_model(model, "CPU", OPENVINO_CONFIG)
+    except Exception as exc:  # noqa: BLE001 - any compile failure means a bad file for the user
+        raise UserError(f"cannot compile OpenVINO IR {path} ({type(exc).__name__}: {exc}); export it again "
+                        f"with `fcosdet export CHECKPOINT --format openvino`") from None
+    return openvino_runner(compiled), meta

@@ -1,6 +1,7 @@
-"""Exporters: a trained model as a safetensors weights file, an ONNX graph or a torch.export
-program (`fcosdet export CHECKPOINT --format weights|onnx|program --out PATH`; `torchscript` is
-an old name of `program`: it writes a torch.export program, not TorchScript).
+"""Exporters: a trained model as a safetensors weights file, an ONNX graph, an OpenVINO IR or a
+torch.export program (`fcosdet export CHECKPOINT --format weights|onnx|openvino|program --out PATH`;
+`torchscript` is an old name of `program`: it writes a torch.export program, not TorchScript).
+`--int8 --data DATASET` quantises the ONNX graph or the IR (see `fcosdet.deploy.quantize`).
 
 Dimensions: B images, Hp x Wp the padded batch (multiples of 32), D detections of the batch.
 
@@ -16,10 +17,16 @@ carry the class names, the normalisation, the resize scale, the strides and the 
 so that onnxruntime alone can run it (see README: "Export"). The program (.pt2) carries the
 same metadata as its extra file and a safetensors copy of the weights, which is what fcosdet
 reads back (`ModelFile.load`): it never calls torch.export.load, which unpickles.
+The OpenVINO IR (.xml + .bin) is the ONNX graph converted by openvino.convert_model (weights
+kept float32), its metadata in the rt_info section "fcosdet" (same keys without the prefix, same
+JSON values). An int8 file's metadata adds "precision": "int8" and "quantization" (tool,
+versions, method, calibration dataset / split / images, max_ap_drop and the AP kept).
 """
 from __future__ import annotations
 
+import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +38,29 @@ from fcosdet.data.transforms import CAFFE_MEANS_BGR, IMAGENET_MEAN_RGB, IMAGENET
 from fcosdet.deploy.build import InferenceParts
 from fcosdet.deploy.graph import DetectorGraph
 from fcosdet.errors import UserError
-from fcosdet.io.model_file import encode_metadata
+from fcosdet.io.model_file import META_PREFIX, encode_metadata, write_ir_metadata
 from fcosdet.model.points import SIZE_DIVISOR
 
-FORMATS = ("onnx", "program", "weights")
-SUFFIXES = {"onnx": ".onnx", "program": ".pt2", "weights": ".safetensors"}
+FORMATS = ("onnx", "openvino", "program", "weights")
+SUFFIXES = {"onnx": ".onnx", "openvino": ".xml", "program": ".pt2", "weights": ".safetensors"}
+INT8_FORMATS = ("onnx", "openvino")  # what --int8 quantises
+
+
+@dataclass(frozen=True, kw_only=True)
+class Int8Settings:
+    """`fcosdet export --int8`: calibrate on `calib_images` train images of `dataset`; `max_ap_drop`
+    (OpenVINO only): accuracy-controlled quantisation on the val split, AP may drop this much (0..1)."""
+    dataset: str
+    calib_images: int
+    max_ap_drop: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.calib_images < 1:
+            raise UserError(f"--calib-images must be at least 1, got {self.calib_images}: int8 needs "
+                            f"calibration images")
+        if self.max_ap_drop is not None and not 0.0 <= self.max_ap_drop < 1.0:
+            raise UserError(f"--max-ap-drop is an absolute AP drop in 0..1 (0.005 = half a point), got "
+                            f"{self.max_ap_drop}")
 ALIASES = {"torchscript": "program"}  # old names still accepted, with a warning
 ONNX_OPSET = 18
 
@@ -62,7 +87,7 @@ def export_metadata(parts: InferenceParts) -> dict[str, Any]:
                           "bilinear, align_corners=False, without antialias (torchvision's GeneralizedRCNNTransform)"
                           if cfg.data.resize == "torchvision" else
                           "new size = int(size * factor + 0.5), bilinear with antialias")),
-            "size_divisor": SIZE_DIVISOR, "strides": list(cfg.model.strides),
+            "size_divisor": SIZE_DIVISOR, "strides": list(parts.postprocessor.strides),
             "test": {"score_thr": cfg.test.score_thr, "nms_iou": cfg.test.nms_iou, "nms_pre": cfg.test.nms_pre,
                      "max_per_img": cfg.test.max_per_img, "sqrt_score": cfg.test.sqrt_score},
             "inputs": "images (B, 3, H, W) float32 normalised, zero-padded to multiples of size_divisor; "
@@ -80,9 +105,17 @@ def resolve_format(fmt: str) -> str:
     return fmt
 
 
-def check_out(out: Path, fmt: str, *, overwrite: bool) -> None:
+def check_out(out: Path, fmt: str, *, overwrite: bool, int8: Int8Settings | None = None) -> None:
     if fmt not in FORMATS:
         raise UserError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
+    if int8 is not None and fmt not in INT8_FORMATS:
+        raise UserError(f"--int8 quantises --format {' or '.join(INT8_FORMATS)}, not {fmt}")
+    if int8 is not None and int8.max_ap_drop is not None and fmt != "openvino":
+        raise UserError("--max-ap-drop needs --format openvino (NNCF's accuracy control); onnxruntime's "
+                        "quantiser has none: drop --max-ap-drop or export --format openvino")
+    if int8 is not None and fmt == "openvino":  # before the slow part: NNCF is an optional extra
+        from fcosdet.deploy.quantize import INSTALL_INT8, require_module
+        require_module("nncf", fix=INSTALL_INT8)
     if out.suffix != SUFFIXES[fmt]:
         raise UserError(f"--out {out} must end in {SUFFIXES[fmt]} for --format {fmt}")
     if out.exists() and not overwrite:
@@ -133,11 +166,57 @@ def export_onnx(parts: InferenceParts, out: Path, *,
                                          input_names=["images", "image_sizes"],
                                          output_names=["boxes", "scores", "labels", "batch_index"])
     model = onnx_program.model_proto
-    for key, value in encode_metadata(export_metadata(parts)).items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
+    set_onnx_metadata(model, export_metadata(parts))
     out.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(out))
+    return out
+
+
+def set_onnx_metadata(model: onnx.ModelProto, values: dict[str, Any]) -> None:
+    """Replace the fcosdet.* metadata_props of an ONNX model with `encode_metadata(values)`."""
+    kept = [(p.key, p.value) for p in model.metadata_props if not p.key.startswith(META_PREFIX)]
+    del model.metadata_props[:]
+    for key, value in [*kept, *encode_metadata(values).items()]:
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
+def export_onnx_int8(parts: InferenceParts, out: Path, *, int8: Int8Settings,
+                     onnx_file: Path | None = None) -> Path:
+    """The ONNX graph quantised by onnxruntime (static QDQ, per-channel weights, Conv only), with
+    the metadata and how it was calibrated. `onnx_file`: the fp32 graph when already exported."""
+    from fcosdet.deploy.quantize import calibration_feeds, quantize_onnx
+    feeds = calibration_feeds(parts.config, int8.dataset, split=parts.config.data.train_split,
+                              images=int8.calib_images)  # before the slow export: a bad dataset fails fast
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = onnx_file or export_onnx(parts, Path(tmp) / "fp32.onnx")
+        info = quantize_onnx(fp32, out, feeds, cfg=parts.config, dataset=int8.dataset)
+    model = onnx.load(str(out))
+    set_onnx_metadata(model, {**export_metadata(parts), "precision": "int8", "quantization": info})
+    onnx.save(model, str(out))
+    return out
+
+
+def export_openvino(parts: InferenceParts, out: Path, *, int8: Int8Settings | None = None,
+                    onnx_file: Path | None = None) -> Path:
+    """The ONNX graph as an OpenVINO IR (out .xml + its .bin), float32 weights; `int8`: quantised
+    by NNCF, the post-processing left float. `onnx_file`: the fp32 graph when already exported."""
+    from fcosdet.deploy.quantize import calibration_feeds, quantize_openvino, require_module
+    ov = require_module("openvino", fix="pip install openvino")
+    feeds = None if int8 is None else calibration_feeds(parts.config, int8.dataset, images=int8.calib_images,
+                                                         split=parts.config.data.train_split)
+    with tempfile.TemporaryDirectory() as tmp:
+        model = ov.convert_model(str(onnx_file or export_onnx(parts, Path(tmp) / "fp32.onnx")))
+    meta = {**export_metadata(parts), "precision": "fp32"}
+    if int8 is not None:
+        model, meta["quantization"] = quantize_openvino(model, feeds, cfg=parts.config, dataset=int8.dataset,
+                                                        class_names=list(parts.class_names),
+                                                        max_ap_drop=int8.max_ap_drop)
+        meta["precision"] = "int8"
+    write_ir_metadata(model, meta)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ov.save_model(model, str(out), compress_to_fp16=False)
     return out
 
 
@@ -151,8 +230,14 @@ def export_torch_program(parts: InferenceParts, out: Path, *,
     return parts.model_file().save_program(program, out, metadata=export_metadata(parts))
 
 
-def export_model(parts: InferenceParts, fmt: str, out: Path, *, overwrite: bool = False) -> Path:
+def export_model(parts: InferenceParts, fmt: str, out: Path, *, overwrite: bool = False,
+                 int8: Int8Settings | None = None, onnx_file: Path | None = None) -> Path:
+    """`fmt` -> `out`; `int8` quantises (onnx, openvino); `onnx_file` (onnx with int8, openvino):
+    this model's fp32 ONNX graph when already exported, to skip exporting it again."""
     fmt = resolve_format(fmt)
-    check_out(out, fmt, overwrite=overwrite)
+    check_out(out, fmt, overwrite=overwrite, int8=int8)
+    if fmt == "openvino" or int8 is not None:
+        (export_openvino if fmt == "openvino" else export_onnx_int8)(parts, out, int8=int8, onnx_file=onnx_file)
+        return out
     {"weights": export_weights, "onnx": export_onnx, "program": export_torch_program}[fmt](parts, out)
     return out

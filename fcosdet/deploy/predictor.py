@@ -14,7 +14,7 @@ detections whichever form it comes in; values outside 0..1 are an error, never c
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence, Union, overload
+from typing import TYPE_CHECKING, Any, Iterator, Sequence, Union, overload
 
 import numpy as np
 import torch
@@ -30,9 +30,13 @@ from fcosdet.deploy.build import build_inference, config_of
 from fcosdet.deploy.fastpath import fast_inference_model
 from fcosdet.deploy.graph import DetectorGraph
 from fcosdet.deploy.results import Results
+from fcosdet.deploy.slicing import FULL_VIEW, IOS_THR, SLICE_BATCH, Slicing, image_views, merge_views, offset_boxes
 from fcosdet.errors import UserError
-from fcosdet.io.model_file import ModelFile
+from fcosdet.io.model_file import GRAPH_SUFFIXES, ModelFile
 from fcosdet.model.postprocess import Detections, split_per_image
+
+if TYPE_CHECKING:
+    from fcosdet.deploy.video import FrameResult
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray, torch.Tensor]
 
@@ -93,21 +97,21 @@ class Detector:
     def from_file(cls, path: str | Path, *, device: str = "cpu", score_thr: float | None = None,
                   test_overrides: dict[str, Any] | None = None, fast: bool = True,
                   precision: str = "fp32", onnx_runtime: str = "onnxruntime") -> "Detector":
-        """A `.pt` checkpoint, an exported `.safetensors` weights file, `.pt2` program or `.onnx`
-        graph -> a Detector (a `.pt2` runs as the PyTorch model its weights copy and config build:
-        the program itself is never loaded, see `ModelFile.load`).
+        """A `.pt` checkpoint, an exported `.safetensors` weights file, `.pt2` program, `.onnx`
+        graph or OpenVINO IR `.xml` (fp32 or int8) -> a Detector (a `.pt2` runs as the PyTorch model
+        its weights copy and config build: the program itself is never loaded, see `ModelFile.load`).
         `score_thr` / `test_overrides` ({"test.nms_iou": 0.6}) replace the file's test settings
-        (an ONNX graph has them baked in: only a higher score_thr is possible there).
+        (an ONNX / IR graph has them baked in: only a higher score_thr is possible there).
         `fast` (PyTorch files): BatchNorm folded and channels_last, equal to the plain model
         within float rounding; `precision` "bf16": bf16 autocast (opt-in: detections move).
-        `onnx_runtime` (`.onnx` files): "onnxruntime" or "openvino"."""
+        `onnx_runtime` (`.onnx` files): "onnxruntime" or "openvino"; an `.xml` always runs on OpenVINO."""
         path = Path(path)
         overrides = dict(test_overrides or {})
         if score_thr is not None:
             overrides["test.score_thr"] = score_thr
-        if path.suffix == ".onnx":
+        if path.suffix in GRAPH_SUFFIXES:
             return cls._from_onnx(path, device=device, overrides=overrides, precision=precision,
-                                  runtime=onnx_runtime)
+                                  runtime="openvino" if path.suffix == ".xml" else onnx_runtime)
         parts = build_inference(ModelFile.load(path), overrides=overrides)
         model = fast_inference_model(parts.model, channels_last=True) if fast else parts.model
         graph = DetectorGraph(model=model, postprocessor=parts.postprocessor)
@@ -119,11 +123,13 @@ class Detector:
     @classmethod
     def _from_onnx(cls, path: Path, *, device: str, overrides: dict[str, Any], precision: str,
                    runtime: str) -> "Detector":
+        """An exported graph (`.onnx`, or OpenVINO IR `.xml`; fp32 or int8) on the CPU."""
+        kind = "OpenVINO IR" if path.suffix == ".xml" else "ONNX file"
         if not path.is_file():
-            raise UserError(f"ONNX file {path} does not exist; check the path")
+            raise UserError(f"{kind} {path} does not exist; check the path")
         if torch.device(device).type != "cpu" or precision != "fp32":
-            raise UserError(f"{path}: ONNX files run on the CPU in fp32 (onnxruntime / OpenVINO); use the .pt or "
-                            f".safetensors file for --device {device} / --precision {precision}")
+            raise UserError(f"{path}: ONNX / OpenVINO IR files run on the CPU as exported (fp32 or int8); use the "
+                            f".pt or .safetensors file for --device {device} / --precision {precision}")
         score_thr = overrides.pop("test.score_thr", None)
         backend = OnnxBackend(path, score_thr=score_thr, runtime=runtime)
         model_file = backend.model_file
@@ -157,29 +163,89 @@ class Detector:
                             f"{', '.join(self.class_names)}")
         return [self.class_names.index(name) for name in classes]
 
-    def predict_batch(self, images: Sequence[ImageInput], *, classes: Sequence[str] | None = None) -> list[Results]:
+    def predict_batch(self, images: Sequence[ImageInput], *, classes: Sequence[str] | None = None,
+                      slicing: Slicing | None = None, batch_size: int = SLICE_BATCH) -> list[Results]:
         """Images (one batch) -> one Results per image; `classes` (names) keeps only those classes'
-        detections (dropped after NMS and test.max_per_img, so the others are exactly the model's)."""
+        detections (dropped after NMS and test.max_per_img, so the others are exactly the model's).
+        `slicing`: sliced inference (`detect_sliced`), `batch_size` views per backend call."""
         keep = None if classes is None else self.labels_of(classes)
-        prepared = [self._prepare(im) for im in images]
-        batch = pad_images([x for x, _ in prepared])  # (B, 3, Hp, Wp)
-        dets = self.detect(batch, [t["img_size"] for _, t in prepared], [t["orig_size"] for _, t in prepared])
+        pictures = [_to_pil(im) for im in images]
+        if slicing is None:
+            prepared = [self._prepare(p) for p in pictures]
+            batch = pad_images([x for x, _ in prepared])  # (B, 3, Hp, Wp)
+            dets = self.detect(batch, [t["img_size"] for _, t in prepared], [t["orig_size"] for _, t in prepared])
+        else:
+            dets = self.detect_sliced(pictures, slicing, batch_size=batch_size)
         ids = [self.category_id(label) for label in range(len(self.class_names))]
         results = [Results(boxes=d["boxes"], scores=d["scores"], labels=d["labels"], names=self.class_names,
-                           category_ids=ids, orig_size=tuple(t["orig_size"]),
+                           category_ids=ids, orig_size=(p.height, p.width),
                            path=Path(im) if isinstance(im, (str, Path)) else None)
-                   for d, im, (_, t) in zip(dets, images, prepared)]
+                   for d, im, p in zip(dets, images, pictures)]
         return results if keep is None else [r.only(keep) for r in results]
 
-    @overload
-    def predict(self, image: ImageInput, *, classes: Sequence[str] | None = None) -> Results: ...
+    def detect_sliced(self, images: Sequence[Image.Image], slicing: Slicing, *,
+                      batch_size: int = SLICE_BATCH) -> list[dict[str, torch.Tensor]]:
+        """8-bit RGB images -> per image boxes (D, 4) in the original frame, scores (D,), labels (D,)
+        of sliced inference (`fcosdet.deploy.slicing`): the views of all the images (their tiles,
+        then the full images) are resized by the model's own transform and go through the backend
+        `batch_size` at a time; each image's detections are then merged."""
+        if batch_size < 1:
+            raise UserError(f"the batch size must be at least 1, got {batch_size}")
+        grids = [image_views(p.width, p.height, slicing) for p in images]  # per image: tiles (T, 4), full pass
+        views = [(i, v, tiles[v]) for i, (tiles, _) in enumerate(grids) for v in range(len(tiles))]
+        views += [(i, FULL_VIEW, torch.tensor([0, 0, p.width, p.height])) for i, (p, (_, full))
+                  in enumerate(zip(images, grids)) if full]
+        # views of one resized size go together: no padding between them, and (GroupNorm sees the padding)
+        # the same detections whatever batch_size is
+        groups: dict[tuple[int, int], list] = {}
+        for view in views:
+            x1, y1, x2, y2 = view[2].tolist()
+            groups.setdefault(self.transform.resized_size(y2 - y1, x2 - x1), []).append(view)
+        found: list[list[tuple[torch.Tensor, ...]]] = [[] for _ in images]  # per image: its views' detections
+        for chunk in (g[s:s + batch_size] for g in groups.values() for s in range(0, len(g), batch_size)):
+            prepared = [self._prepare(images[i].crop(tuple(box.tolist()))) for i, _, box in chunk]
+            batch = pad_images([x for x, _ in prepared])  # (b, 3, Hp, Wp)
+            dets = self.detect(batch, [t["img_size"] for _, t in prepared], [t["orig_size"] for _, t in prepared])
+            for (i, v, box), d in zip(chunk, dets):
+                found[i].append((offset_boxes(d["boxes"], box[:2]), d["scores"], d["labels"],
+                                 torch.full(d["labels"].shape, v, dtype=torch.int64)))
+        thr = slicing.merge_thr
+        if thr is None:
+            thr = IOS_THR if slicing.merge == "ios" else float(self.config.test.nms_iou)
+        merged = []
+        for p, (tiles, _), parts in zip(images, grids, found):
+            boxes, scores, labels, view = (torch.cat(x) for x in zip(*parts))  # (N, 4), (N,), (N,), (N,)
+            m = merge_views(boxes, scores, labels, view, tiles, width=p.width, height=p.height, merge=slicing.merge,
+                            thr=thr, max_per_img=int(self.config.test.max_per_img))
+            merged.append({"boxes": m.boxes, "scores": m.scores, "labels": m.labels})
+        return merged
 
     @overload
-    def predict(self, image: Sequence[ImageInput], *, classes: Sequence[str] | None = None) -> list[Results]: ...
+    def predict(self, image: ImageInput, *, classes: Sequence[str] | None = None,
+                slicing: Slicing | None = None, batch_size: int = SLICE_BATCH) -> Results: ...
 
-    def predict(self, image: ImageInput | Sequence[ImageInput], *,
-                classes: Sequence[str] | None = None) -> Results | list[Results]:
-        """One image -> its Results; a list (or tuple) of images -> a list of Results (one batch)."""
+    @overload
+    def predict(self, image: Sequence[ImageInput], *, classes: Sequence[str] | None = None,
+                slicing: Slicing | None = None, batch_size: int = SLICE_BATCH) -> list[Results]: ...
+
+    def predict(self, image: ImageInput | Sequence[ImageInput], *, classes: Sequence[str] | None = None,
+                slicing: Slicing | None = None, batch_size: int = SLICE_BATCH) -> Results | list[Results]:
+        """One image -> its Results; a list (or tuple) of images -> a list of Results (one batch).
+        `slicing` (`fcosdet.deploy.slicing.Slicing`): sliced inference, `batch_size` views per pass."""
         if isinstance(image, (list, tuple)):
-            return self.predict_batch(image, classes=classes)
-        return self.predict_batch([image], classes=classes)[0]
+            return self.predict_batch(image, classes=classes, slicing=slicing, batch_size=batch_size)
+        return self.predict_batch([image], classes=classes, slicing=slicing, batch_size=batch_size)[0]
+
+    def stream(self, source: str | Path, *, batch_size: int = 4, vid_stride: int = 1, track: bool = False,
+               classes: Sequence[str] | None = None) -> Iterator[FrameResult]:
+        """The frames of a video file, http(s) URL, rtsp:// stream or /dev/video device (or the
+        images of a file, folder or glob), one `FrameResult` each (.index, .time, .image, .results),
+        decoded in a thread and run `batch_size` frames per pass; memory stays constant however
+        long the video is. Every `vid_stride`-th frame; `track`: Results.track_ids from ByteTrack
+        (`fcosdet.deploy.video.stream`, `fcosdet.deploy.tracking.Tracker`).
+
+            for f in Detector.from_file("best.pt").stream("clip.mp4", vid_stride=2, track=True):
+                f.index, f.time, f.results.boxes, f.results.track_ids"""
+        from fcosdet.deploy.video import stream
+
+        return stream(self, source, batch_size=batch_size, vid_stride=vid_stride, track=track, classes=classes)

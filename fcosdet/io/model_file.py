@@ -1,6 +1,7 @@
 """Model files: a training checkpoint (`.pt`), an exported weights file (`.safetensors`:
-weights plus config and class names in its metadata), an exported ONNX graph (`.onnx`:
-metadata only here; onnxruntime / OpenVINO run its graph) or an exported torch.export program
+weights plus config and class names in its metadata), an exported ONNX graph (`.onnx`) or
+OpenVINO IR (`.xml` + `.bin`; its metadata in the rt_info section IR_SECTION), fp32 or int8
+(metadata only here; onnxruntime / OpenVINO run the graph), or an exported torch.export program
 (`.pt2`: a zip archive; fcosdet reads its metadata entry and the safetensors copy of the
 weights that `fcosdet export --format program` adds, never the program itself).
 
@@ -34,9 +35,11 @@ from torch.export.pt2_archive.constants import EXTRA_DIR
 from fcosdet import __version__
 from fcosdet.errors import UserError
 
-MODEL_SUFFIXES = (".pt", ".pth", ".safetensors", ".onnx", ".pt2")
+MODEL_SUFFIXES = (".pt", ".pth", ".safetensors", ".onnx", ".pt2", ".xml")
+GRAPH_SUFFIXES = (".onnx", ".xml")  # whole-detector graphs: run by onnxruntime / OpenVINO on the CPU
 META_PREFIX = "fcosdet."  # keys of the metadata that exported files carry (JSON values)
-# what an exported ONNX graph's metadata must hold for fcosdet to run it
+IR_SECTION = "fcosdet"  # an OpenVINO IR's rt_info section holding the metadata (keys without META_PREFIX)
+# what an exported graph's (ONNX / IR) metadata must hold for fcosdet to run it
 _ONNX_REQUIRED = ("class_names", "config", "normalize", "scale", "strides", "test")
 # a .pt2 program's extra file (torch.export.load(...) returns it in extra_files): JSON of encode_metadata(...)
 PROGRAM_METADATA = "fcosdet_metadata.json"
@@ -134,13 +137,51 @@ def decode_metadata(props: Mapping[str, str]) -> dict[str, Any]:
 
 
 def read_onnx_metadata(props: Mapping[str, str], path: Path) -> dict[str, Any]:
-    """The fcosdet.* metadata_props of an exported ONNX file, decoded; an error for other ONNX files."""
+    """The fcosdet.* metadata of an exported graph (ONNX metadata_props, or `ir_metadata_props` of
+    an OpenVINO IR), decoded; an error for other ONNX / IR files."""
     meta = decode_metadata(props)
     missing = set(_ONNX_REQUIRED) - set(meta)
     if missing:
-        raise UserError(f"{path} is not an ONNX file exported by fcosdet (metadata {sorted(missing)} "
-                        f"missing); export it with `fcosdet export CHECKPOINT --format onnx`")
+        kind, fmt = ("OpenVINO IR", "openvino") if Path(path).suffix == ".xml" else ("ONNX file", "onnx")
+        raise UserError(f"{path} is not an {kind} exported by fcosdet (metadata {sorted(missing)} "
+                        f"missing); export it with `fcosdet export CHECKPOINT --format {fmt}`")
     return meta
+
+
+def write_ir_metadata(model: Any, values: Mapping[str, Any]) -> None:
+    """Put `encode_metadata(values)` into an openvino.Model's rt_info section IR_SECTION."""
+    for key, value in encode_metadata(values).items():
+        model.set_rt_info(value, [IR_SECTION, key.removeprefix(META_PREFIX)])
+
+
+def ir_metadata_props(model: Any, path: Path) -> dict[str, str]:
+    """The encoded fcosdet.* entries of an openvino.Model's rt_info (what `write_ir_metadata` wrote):
+    strings only, for `decode_metadata`; anything else there is an error naming the file."""
+    if not model.has_rt_info(IR_SECTION):
+        return {}
+    section = model.get_rt_info(IR_SECTION).value
+    if not isinstance(section, dict) or not all(isinstance(v, str) for v in section.values()):
+        raise UserError(f"{path}: its rt_info section {IR_SECTION!r} is not fcosdet's (string entries); "
+                        f"export it again with `fcosdet export CHECKPOINT --format openvino`")
+    return {f"{META_PREFIX}{key}": value for key, value in section.items()}
+
+
+def read_ir(path: Path) -> tuple[Any, dict[str, Any]]:
+    """(openvino.Model, decoded fcosdet.* metadata) of an exported OpenVINO IR (.xml beside its .bin).
+    OpenVINO reads the IR as data: nothing in it runs."""
+    if not path.is_file():
+        raise UserError(f"OpenVINO IR {path} does not exist; check the path")
+    try:
+        import openvino as ov
+        model = ov.Core().read_model(str(path))
+    except ImportError as exc:
+        raise UserError(f"{path} is an OpenVINO IR: reading it needs openvino ({exc}); pip install openvino"
+                        ) from None
+    except Exception as exc:  # noqa: BLE001 - any load failure means a bad file for the user
+        raise UserError(f"cannot load OpenVINO IR {path} ({type(exc).__name__}: {error_line(exc)}); it needs "
+                        f"its {path.with_suffix('.bin').name} beside it: export it again with "
+                        f"`fcosdet export CHECKPOINT --format openvino`") from None
+    return model, read_onnx_metadata(ir_metadata_props(model, path), path)
 
 
 def _read_checkpoint(path: Path) -> dict[str, Any]:
@@ -271,6 +312,8 @@ class ModelFile:
             return cls.from_metadata(meta, model=tensors, path=path)
         if path.suffix == ".onnx":
             return cls.from_metadata(_read_onnx(path), model={}, path=path)
+        if path.suffix == ".xml":
+            return cls.from_metadata(read_ir(path)[1], model={}, path=path)
         return cls.from_state(_read_checkpoint(path), path=path)
 
     @classmethod
@@ -292,9 +335,9 @@ class ModelFile:
                    category_ids=meta.get("category_ids"), category_ids_saved="category_ids" in meta, path=path)
 
     def require_weights(self) -> None:
-        """An error unless the file holds the network's weights (an ONNX graph's are inside its graph)."""
+        """An error unless the file holds the network's weights (an ONNX / IR graph's are inside its graph)."""
         if not self.model:
-            raise UserError(f"{self.path} is an ONNX graph: it runs through Detector.from_file / fcosdet "
+            raise UserError(f"{self.path} is an exported graph (ONNX / OpenVINO IR): it runs through Detector.from_file / fcosdet "
                             f"predict / eval, but holds no PyTorch weights; use the .pt, .safetensors or .pt2 "
                             f"file here")
 

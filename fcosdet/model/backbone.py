@@ -1,6 +1,7 @@
-"""torchvision ResNet as the FCOS backbone: C3, C4, C5 with frozen stages and norm_eval.
+"""torchvision ResNet as the FCOS backbone: C3, C4, C5 (and C2 with `c2=True`, for the P2
+level) with frozen stages and norm_eval.
 
-Dimensions: B images; C3/C4/C5 have strides 8/16/32.
+Dimensions: B images; C2/C3/C4/C5 have strides 4/8/16/32.
 norm: "frozen_bn" (the reference's BN with requires_grad=False and norm_eval: use it with
 pretrained weights), "bn" (trainable BatchNorm; `norm_eval` keeps running statistics fixed),
 or "gn" (GroupNorm(32), for training from scratch or tiny batches).
@@ -38,7 +39,7 @@ _NORMS = {"frozen_bn": FrozenBatchNorm2d, "bn": nn.BatchNorm2d,
 class ResNetBackbone(nn.Module):
     def __init__(self, *, depth: int = 50, norm: str = "frozen_bn", frozen_stages: int = 1,
                  norm_eval: bool = True, weights: str | Path | None = None,
-                 style: str = "pytorch") -> None:
+                 style: str = "pytorch", c2: bool = False) -> None:
         super().__init__()
         if depth not in _RESNETS:
             raise UserError(f"backbone depth {depth} is not supported; use one of {sorted(_RESNETS)}")
@@ -57,7 +58,8 @@ class ResNetBackbone(nn.Module):
         self.norm_eval = norm_eval
         last = body.layer4[-1]
         c5 = (last.conv3 if hasattr(last, "conv3") else last.conv2).out_channels
-        self.out_channels = (c5 // 4, c5 // 2, c5)  # C3, C4, C5
+        self.c2 = c2
+        self.out_channels = ((c5 // 8,) if c2 else ()) + (c5 // 4, c5 // 2, c5)  # (C2,) C3, C4, C5
         if weights is not None:
             load_torchvision_weights(self.body, weights)
         self._freeze()
@@ -86,11 +88,11 @@ class ResNetBackbone(nn.Module):
     def forward(self, x: Tensor) -> list[Tensor]:
         b = self.body
         x = b.maxpool(b.relu(b.bn1(b.conv1(x))))  # (B, 64, H/4, W/4)
-        c2 = b.layer1(x)
+        c2 = b.layer1(x)  # (B, C2, H/4, W/4)
         c3 = b.layer2(c2)  # (B, C3, H/8, W/8)
         c4 = b.layer3(c3)  # (B, C4, H/16, W/16)
         c5 = b.layer4(c4)  # (B, C5, H/32, W/32)
-        return [c3, c4, c5]
+        return [c2, c3, c4, c5] if self.c2 else [c3, c4, c5]
 
 
 def _caffe_strides(body: ResNet, depth: int) -> None:

@@ -1,6 +1,7 @@
 """FCOS = backbone + FPN + head. Returns raw per-level outputs; no loss, no decoding.
 
-Dimensions: B images, C classes, L = 5 levels (strides `points.STRIDES`, 8..128).
+Dimensions: B images, C classes, L = 5 levels (strides `points.STRIDES`, 8..128, or with the
+P2 level `points.P2_STRIDES`, 4..64).
 """
 from __future__ import annotations
 

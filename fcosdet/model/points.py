@@ -18,6 +18,12 @@ STRIDES: tuple[int, ...] = (8, 16, 32, 64, 128)  # P3..P7: ResNet C3..C5 through
 # Per level, the (lo, hi] range of max(l, t, r, b) a positive point may regress (reference's values).
 REGRESS_RANGES: tuple[tuple[float, float], ...] = (
     (-1, 64), (64, 128), (128, 256), (256, 512), (512, 1e8))
+# The opt-in P2 level set (model.p2): P2..P6 from C2..C5 through the FPN (+ P6). Each level's
+# upper bound stays 8 strides, as the reference's (64 = 8 x 8 on P3): P2 takes max(l, t, r, b) up
+# to 32 px, P3 32-64 ..., and P6, now the last level, everything above 256 (P7's share included).
+P2_STRIDES: tuple[int, ...] = (4, 8, 16, 32, 64)
+P2_REGRESS_RANGES: tuple[tuple[float, float], ...] = (
+    (-1, 32), (32, 64), (64, 128), (128, 256), (256, 1e8))
 POINT_OFFSETS = ("half_stride", "zero", "torchvision")
 SIZE_DIVISOR = 32  # the collate pads a batch's images to multiples of this
 
