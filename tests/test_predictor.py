@@ -109,4 +109,3 @@ def test_bf16_is_opt_in_and_close(weights_file, shared_data):
     assert len(b.scores) > 0 and abs(float(a.scores[0]) - float(b.scores[0])) < 0.1
     with pytest.raises(UserError, match="precision"):
         Detector.from_file(weights_file, precision="fp8")
-
