@@ -229,6 +229,28 @@ def test_8_clients_with_bad_requests_get_their_answers_and_the_server_lives(serv
 
 @pytest.mark.slow
 @pytest.mark.integration
+def test_half_sent_headers_time_out_while_others_are_served(server, images, reference):
+    """A client opens a connection and sends half a request line, then nothing: the server closes it
+    after --timeout-s 2 (uvicorn alone would keep it open for ever); a good request meanwhile is answered."""
+    hung = socket.create_connection(("127.0.0.1", server["port"]))
+    start = time.monotonic()
+    hung.sendall(b"POST /pre")
+    r = httpx.post(f"{server['url']}/predict", content=images[0].read_bytes(), timeout=30.0)
+    assert r.status_code == 200
+    assert_same_as_predict(r.json(), reference[str(images[0])], "while a client hangs in its headers")
+    hung.settimeout(10.0)
+    assert hung.recv(4096) == b""  # closed by the server, not by this timeout (that would raise)
+    hung.close()
+    assert 1.8 <= time.monotonic() - start <= 8.0
+    silent = socket.create_connection(("127.0.0.1", server["port"]))  # connects, sends nothing
+    silent.settimeout(10.0)
+    start = time.monotonic()
+    assert silent.recv(4096) == b"" and 1.8 <= time.monotonic() - start <= 8.0
+    silent.close()
+
+
+@pytest.mark.slow
+@pytest.mark.integration
 def test_a_stalled_body_times_out_while_others_are_served(server, images, reference):
     """A client sends the headers and 10 of 1000 bytes, then nothing: 408 after --timeout-s 2, the connection
     closed; a good request meanwhile is answered at once."""

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator
 
+import h11
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -27,6 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from fcosdet.deploy.predictor import Detector
 from fcosdet.serve.batching import MicroBatcher, QueueFull, padded_shape
@@ -196,8 +198,52 @@ def create_app(detector: Detector, *, model_path: Path, settings: ServeSettings)
     return app
 
 
+def header_timeout_protocol(timeout_s: float) -> type[H11Protocol]:
+    """uvicorn's h11 protocol with a deadline on the request line and headers. uvicorn arms no timer
+    before a request's headers are parsed (only the keep-alive one, between requests, which the next
+    bytes cancel), so a client that sends half a request line would hold its connection forever: a
+    connection still waiting for its headers (h11 IDLE) `timeout_s` after its first byte or its
+    opening is closed."""
+
+    class HeaderTimeoutProtocol(H11Protocol):
+        header_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.conn.their_state is h11.IDLE:
+                self._arm()  # bytes of a request line / headers, not all there yet
+            else:
+                self._disarm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            if self.header_timer is None:
+                self.header_timer = self.loop.call_later(timeout_s, self._expire)
+
+        def _disarm(self) -> None:
+            if self.header_timer is not None:
+                self.header_timer.cancel()
+                self.header_timer = None
+
+        def _expire(self) -> None:
+            self.header_timer = None
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                self.transport.close()
+
+    return HeaderTimeoutProtocol
+
+
 def make_server(app: FastAPI, *, host: str, port: int, settings: ServeSettings) -> uvicorn.Server:
-    """The uvicorn server (`server.run()` blocks; tests run it in a thread and set `should_exit`)."""
+    """The uvicorn server (`server.run()` blocks; tests run it in a thread and set `should_exit`).
+    A request's headers must arrive within --timeout-s, like its body (`header_timeout_protocol`)."""
     config = uvicorn.Config(app, host=host, port=port, timeout_keep_alive=settings.keep_alive_s,
+                            http=header_timeout_protocol(settings.limits.timeout_s),
                             log_level="warning", access_log=False, lifespan="on")
     return uvicorn.Server(config)
