@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from report_json import emit  # noqa: E402
+
 CASES = {"r18_cpu_320x427": ("fcos_r18_tricks_cpu", 320, 427), "r50_800x1216": ("fcos_r50_1x", 800, 1216)}
 QUICK = {"r18_cpu_128x192": ("fcos_r18_tricks_cpu", 128, 192)}
 
@@ -138,10 +140,7 @@ def main() -> None:
                                  capture_output=True, text=True, check=True)
             report[case] = {"preset": preset_name, **json.loads(run.stdout.strip().splitlines()[-1])}
             print(case, json.dumps(report[case]), file=sys.stderr, flush=True)
-    text = json.dumps(report, indent=1)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from report_json import emit  # noqa: E402
+
 from fcosdet.cli.predict import predict_files  # noqa: E402
 from fcosdet.deploy.ray_data import RayDetector, read_images, require_ray  # noqa: E402
 from fcosdet.engine.evaluation.coco import coco_boxes  # noqa: E402
@@ -107,10 +109,7 @@ def main() -> None:
               "equal_images": sum(ok for ok, _, _ in checks),
               "max_score_diff": max(s for _, s, _ in checks), "max_box_diff_px": max(b for _, _, b in checks),
               "torch_threads_driver": torch.get_num_threads(), "conditions": args.note}
-    text = json.dumps(report, indent=1)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

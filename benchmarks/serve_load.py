@@ -33,6 +33,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from report_json import emit  # noqa: E402
+
 from fcosdet.deploy.predictor import Detector  # noqa: E402
 from fcosdet.io.model_file import ModelFile  # noqa: E402
 from fcosdet.model.build import build_model  # noqa: E402
@@ -180,10 +182,7 @@ def main() -> None:
         for proc, _ in servers.values():
             proc.terminate()
             proc.wait(timeout=60)
-    text = json.dumps(report, indent=1)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

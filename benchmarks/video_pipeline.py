@@ -38,6 +38,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from report_json import emit  # noqa: E402
+
 from fcosdet.config import Config  # noqa: E402
 from fcosdet.data.synthetic import SYNTHETIC_CLASSES  # noqa: E402
 from fcosdet.data.synthetic_video import write_moving_shapes  # noqa: E402
@@ -175,11 +177,7 @@ def main() -> None:
             report["memory"] = {"video_size_hw": [128, 128], "model": "demo preset at depth 10 / 32 channels, random",
                                 "tracking": True, **memory(tiny_det, small, warmup=args.warmup,
                                                            batch_size=args.batch_size)}
-    text = json.dumps(report, indent=1)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

@@ -227,18 +227,25 @@ def test_8_clients_with_bad_requests_get_their_answers_and_the_server_lives(serv
     assert _metric(after, "fcosdet_errors_total{code=\"500\"}") == 0
 
 
+def _stall_while_served(server, images, reference, sent: bytes) -> tuple[socket.socket, float]:
+    """Open a connection, send `sent` and stop; meanwhile a good request must be answered as
+    `fcosdet predict` answers it. Returns the stalled socket (10 s read timeout) and when it started."""
+    stalled = socket.create_connection(("127.0.0.1", server["port"]))
+    start = time.monotonic()
+    stalled.sendall(sent)
+    r = httpx.post(f"{server['url']}/predict", content=images[0].read_bytes(), timeout=30.0)
+    assert r.status_code == 200
+    assert_same_as_predict(r.json(), reference[str(images[0])], f"while a client stalls after {sent[:20]!r}")
+    stalled.settimeout(10.0)
+    return stalled, start
+
+
 @pytest.mark.slow
 @pytest.mark.integration
 def test_half_sent_headers_time_out_while_others_are_served(server, images, reference):
     """A client opens a connection and sends half a request line, then nothing: the server closes it
     after --timeout-s 2 (uvicorn alone would keep it open for ever); a good request meanwhile is answered."""
-    hung = socket.create_connection(("127.0.0.1", server["port"]))
-    start = time.monotonic()
-    hung.sendall(b"POST /pre")
-    r = httpx.post(f"{server['url']}/predict", content=images[0].read_bytes(), timeout=30.0)
-    assert r.status_code == 200
-    assert_same_as_predict(r.json(), reference[str(images[0])], "while a client hangs in its headers")
-    hung.settimeout(10.0)
+    hung, start = _stall_while_served(server, images, reference, b"POST /pre")
     assert hung.recv(4096) == b""  # closed by the server, not by this timeout (that would raise)
     hung.close()
     assert 1.8 <= time.monotonic() - start <= 8.0
@@ -254,13 +261,8 @@ def test_half_sent_headers_time_out_while_others_are_served(server, images, refe
 def test_a_stalled_body_times_out_while_others_are_served(server, images, reference):
     """A client sends the headers and 10 of 1000 bytes, then nothing: 408 after --timeout-s 2, the connection
     closed; a good request meanwhile is answered at once."""
-    stalled = socket.create_connection(("127.0.0.1", server["port"]))
-    start = time.monotonic()
-    stalled.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n0123456789")
-    r = httpx.post(f"{server['url']}/predict", content=images[0].read_bytes(), timeout=30.0)
-    assert r.status_code == 200
-    assert_same_as_predict(r.json(), reference[str(images[0])], "while a client stalls")
-    stalled.settimeout(10.0)
+    stalled, start = _stall_while_served(
+        server, images, reference, b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n0123456789")
     answer = b""
     while chunk := stalled.recv(4096):  # until the server closes the connection
         answer += chunk
