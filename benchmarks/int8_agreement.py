@@ -13,6 +13,7 @@ compared with the fp32 file of its own runtime. Prints one JSON object.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -77,8 +78,16 @@ def main() -> None:
     result: dict[str, Any] = {"benchmark": "int8_agreement", "checkpoint": str(args.checkpoint), "data": args.data,
                               "split": args.split, "calib_images": args.calib_images, "iou": args.iou,
                               "threads": torch.get_num_threads()}
-    files, result["export_seconds"] = export_sides(args.checkpoint, args.out, data=args.data,
-                                                   calib_images=args.calib_images, max_ap_drop=args.max_ap_drop)
+    with contextlib.redirect_stdout(sys.stderr):  # the export's and eval's reports; stdout is the JSON alone
+        files, result["export_seconds"] = export_sides(args.checkpoint, args.out, data=args.data,
+                                                       calib_images=args.calib_images, max_ap_drop=args.max_ap_drop)
+        result["sides"] = evaluate_sides(files, args)
+    print(json.dumps(result, indent=1))
+
+
+def evaluate_sides(files: dict[str, Path], args: argparse.Namespace) -> dict[str, Any]:
+    """Each side's AP / AP50 through `fcosdet eval`'s path, and each int8 side's AP drop and matched
+    share against the fp32 file of its runtime."""
     detections: dict[str, list[dict]] = {}
     sides: dict[str, Any] = {}
     for side, path in files.items():
@@ -101,8 +110,7 @@ def main() -> None:
         for thr in (0.05, 0.3):
             entry[f"matched_share_above_{thr}"] = round(
                 matched_share(detections[reference], detections[side], iou=args.iou, score_thr=thr), 4)
-    result["sides"] = sides
-    print(json.dumps(result, indent=1))
+    return sides
 
 
 def _quantization(path: Path) -> dict[str, Any]:
