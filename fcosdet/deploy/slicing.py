@@ -247,7 +247,7 @@ def merge_ios(boxes: Tensor, scores: Tensor, labels: Tensor, *, thr: float,
     grows = scores >= union_ratio * scores[owner]  # (N,) members that widen their owner's box
     flipped = torch.cat([boxes[:, :2].neg(), boxes[:, 2:]], 1)  # (N, 4) -x1, -y1, x2, y2: the union is a max
     union = flipped.clone().scatter_reduce_(0, owner[grows, None].expand(-1, 4), flipped[grows], "amax")  # (N, 4)
-    union = torch.cat([union[:, :2].neg(), union[:, 2:]], 1)
+    union = torch.cat([union[:, :2].neg(), union[:, 2:]], 1)  # (N, 4) back to x1, y1, x2, y2
     return Merged(union[kept], scores[kept], labels[kept])
 
 
